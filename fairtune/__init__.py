@@ -1,0 +1,1 @@
+"""fairtune: fairness-aware fine-tuning on the Hugging Face Trainer."""
