@@ -1,0 +1,214 @@
+"""Attribute columns -> integer group ids, with a vocabulary fixed from the training data.
+
+A *grouping* is one attribute (``"sex"``) or an intersection of several (``"sex+race"``). Its vocabulary
+lists the values seen in the training data in sorted order, so id ``i`` always means the same group: the
+vocabulary is saved next to the model (``group_vocab.json``) and reloaded for later evaluation. A value met
+only at evaluation gets an id after the training ones and is reported under its own name; mitigation
+methods never see it because they run on training batches only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+GROUP_COLUMN_PREFIX = "group:"
+INTERSECTION_SEPARATOR = "+"
+VALUE_SEPARATOR = "|"
+VOCAB_FILE = "group_vocab.json"
+
+ERR_EMPTY_SPEC = "A grouping must name at least one attribute column; got {spec!r}."
+ERR_MISSING_COLUMN = (
+    "The {split} dataset has no column {column!r} (needed by {what}). Its columns are: {columns}."
+)
+ERR_MISSING_VALUES = (
+    "Column {column!r} of the {split} dataset has {count} missing or NaN value(s) (first at row {row}); "
+    "drop or fill them before training."
+)
+ERR_SINGLE_GROUP = (
+    "Grouping {grouping!r} has only {count} group(s) in the {split} dataset ({values}); fairness metrics and "
+    "mitigation need at least two. Choose another attribute or check the data."
+)
+ERR_NOT_FITTED = "Grouping {grouping!r} has no vocabulary yet: fit it on the training data first."
+
+
+def group_column(grouping: str) -> str:
+    """Name of the dataset column / batch key that carries a grouping's ids, e.g. ``"group:sex+race"``."""
+    return f"{GROUP_COLUMN_PREFIX}{grouping}"
+
+
+def parse_grouping(spec: str | Sequence[str]) -> tuple[str, ...]:
+    """``"sex+race"`` or ``["sex", "race"]`` -> ``("sex", "race")``."""
+    parts = spec.split(INTERSECTION_SEPARATOR) if isinstance(spec, str) else list(spec)
+    attributes = tuple(p.strip() for p in parts if p and p.strip())
+    if not attributes:
+        raise ValueError(ERR_EMPTY_SPEC.format(spec=spec))
+    return attributes
+
+
+def is_missing(value: Any) -> bool:
+    """``None`` and float NaN count as missing; an empty string does not (it may be a real category)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+@dataclass
+class Grouping:
+    """One grouping: its attribute columns and the vocabulary of their (joined) values.
+
+    ``values[:num_train_groups]`` come from the training data; later entries were first seen at evaluation.
+    """
+
+    attributes: tuple[str, ...]
+    values: list[str] = field(default_factory=list)
+    num_train_groups: int = 0
+
+    @property
+    def name(self) -> str:
+        return INTERSECTION_SEPARATOR.join(self.attributes)
+
+    def value_of(self, row: dict[str, Any]) -> str:
+        return VALUE_SEPARATOR.join(str(row[a]) for a in self.attributes)
+
+    def fit(self, rows: Iterable[dict[str, Any]]) -> Grouping:
+        self.values = sorted({self.value_of(r) for r in rows})
+        self.num_train_groups = len(self.values)
+        return self
+
+    def encode(self, values: Iterable[str], *, split: str = "evaluation") -> list[int]:
+        """Map joined values to ids; an unseen value is appended to the vocabulary and warned about."""
+        if not self.num_train_groups:
+            raise ValueError(ERR_NOT_FITTED.format(grouping=self.name))
+        index = {v: i for i, v in enumerate(self.values)}
+        ids = []
+        for v in values:
+            if v not in index:
+                logger.warning(
+                    "Group %r of grouping %r appears in the %s data but not in the training data; it is "
+                    "reported under its own name.",
+                    v,
+                    self.name,
+                    split,
+                )
+                index[v] = len(self.values)
+                self.values.append(v)
+            ids.append(index[v])
+        return ids
+
+    def to_dict(self) -> dict[str, Any]:
+        # Only training groups are saved: evaluation-only groups are per-run, not part of the model.
+        return {"attributes": list(self.attributes), "values": self.values[: self.num_train_groups]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Grouping:
+        return cls(tuple(d["attributes"]), list(d["values"]), len(d["values"]))
+
+
+class GroupVocabulary:
+    """All groupings of a run: the one mitigation trains on and the ones evaluation reports.
+
+    Args:
+        train_grouping: attribute(s) the training objective groups by, e.g. ``"sex"``.
+        eval_groupings: groupings reported at evaluation, e.g. ``["sex", "race", "sex+race"]``;
+            the training grouping is always included.
+    """
+
+    def __init__(self, train_grouping: str | Sequence[str], eval_groupings: Sequence[str] | None = None):
+        train = Grouping(parse_grouping(train_grouping))
+        self.train_grouping = train.name
+        self.groupings: dict[str, Grouping] = {train.name: train}
+        for spec in eval_groupings or []:
+            g = Grouping(parse_grouping(spec))
+            self.groupings.setdefault(g.name, g)
+
+    @property
+    def attributes(self) -> list[str]:
+        """Every attribute column any grouping needs, in first-use order."""
+        return list(dict.fromkeys(a for g in self.groupings.values() for a in g.attributes))
+
+    @property
+    def fitted(self) -> bool:
+        return all(g.num_train_groups for g in self.groupings.values())
+
+    def names(self, grouping: str) -> list[str]:
+        return list(self.groupings[grouping].values)
+
+    def fit(self, dataset: Any) -> GroupVocabulary:
+        """Fix every vocabulary from the training dataset (a ``datasets.Dataset``)."""
+        check_columns(dataset, self.attributes, split="training", what="group attributes")
+        columns = {a: dataset[a] for a in self.attributes}
+        rows = [dict(zip(columns, vals, strict=True)) for vals in zip(*columns.values(), strict=True)]
+        for g in self.groupings.values():
+            g.fit(rows)
+            if g.num_train_groups < 2:
+                raise ValueError(
+                    ERR_SINGLE_GROUP.format(
+                        grouping=g.name, count=g.num_train_groups, split="training", values=g.values
+                    )
+                )
+        return self
+
+    def encode(self, dataset: Any, *, split: str = "evaluation") -> Any:
+        """Return ``dataset`` with one ``group:<grouping>`` int column per grouping added."""
+        check_columns(dataset, self.attributes, split=split, what="group attributes")
+        columns = {a: dataset[a] for a in self.attributes}
+        rows = [dict(zip(columns, vals, strict=True)) for vals in zip(*columns.values(), strict=True)]
+        for g in self.groupings.values():
+            col = group_column(g.name)
+            if col in dataset.column_names:
+                dataset = dataset.remove_columns(col)
+            dataset = dataset.add_column(col, g.encode((g.value_of(r) for r in rows), split=split))
+        return dataset
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "train_grouping": self.train_grouping,
+            "groupings": {name: g.to_dict() for name, g in self.groupings.items()},
+        }
+
+    def save(self, output_dir: str) -> str:
+        os.makedirs(output_dir, exist_ok=True)
+        path = os.path.join(output_dir, VOCAB_FILE)
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GroupVocabulary:
+        vocab = cls(d["train_grouping"])
+        vocab.groupings = {name: Grouping.from_dict(g) for name, g in d["groupings"].items()}
+        return vocab
+
+    @classmethod
+    def load(cls, path: str) -> GroupVocabulary:
+        """Load from a ``group_vocab.json`` file or a directory that holds one."""
+        if os.path.isdir(path):
+            path = os.path.join(path, VOCAB_FILE)
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+
+def check_columns(dataset: Any, columns: Sequence[str], *, split: str, what: str) -> None:
+    """Raise if a column is absent or holds a missing / NaN value (checked in Arrow, no Python loop)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for column in columns:
+        if column not in dataset.column_names:
+            raise ValueError(
+                ERR_MISSING_COLUMN.format(split=split, column=column, what=what, columns=dataset.column_names)
+            )
+        arrow = dataset.with_format("arrow")[column]  # respects select()/shuffle() index mappings
+        bad = arrow.is_null()
+        if pa.types.is_floating(arrow.type):
+            bad = pc.or_(bad, pc.is_nan(arrow))
+        count = pc.sum(bad).as_py() or 0
+        if count:
+            row = pc.index(bad, True).as_py()
+            raise ValueError(ERR_MISSING_VALUES.format(column=column, split=split, count=count, row=row))

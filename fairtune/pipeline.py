@@ -1,0 +1,121 @@
+"""The config run end to end: load data -> build model -> train -> evaluate -> report.
+
+``scripts/train.py`` and ``fairtune train`` both call ``run``. Every check that can fail on user input runs
+before training starts and before anything is written to ``output_dir``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict
+from typing import Any
+
+from fairtune.config import DataArguments, FairTrainingArguments, ModelArguments, resolve_model_path
+from fairtune.data.loading import load_raw_datasets, tokenize
+from fairtune.report import gap_table, group_table, write_report
+from fairtune.trainer import FairTrainer, check_output_dir
+
+logger = logging.getLogger(__name__)
+
+
+def build_model(model_args: ModelArguments, num_labels: int, label_names: list[str] | None = None) -> Any:
+    """A pretrained sequence classifier with a fresh ``num_labels`` head, LoRA-wrapped if asked."""
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs: dict[str, Any] = {"num_labels": num_labels}
+    if label_names:
+        kwargs["id2label"] = dict(enumerate(label_names))
+        kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model_path(model_args.model_name_or_path), **kwargs
+    )
+    if model_args.use_lora:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        config = LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=model_args.lora_r,
+            lora_alpha=model_args.lora_alpha,
+            lora_dropout=model_args.lora_dropout,
+            target_modules=model_args.lora_target_modules,
+        )
+        model = get_peft_model(model, config)
+    return model
+
+
+def _label_info(dataset: Any) -> tuple[int, list[str] | None]:
+    import datasets
+
+    feature = dataset.features["label"]
+    if isinstance(feature, datasets.ClassLabel):
+        return feature.num_classes, list(feature.names)
+    return max(2, int(max(dataset["label"])) + 1), None
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, args: FairTrainingArguments) -> dict[str, Any]:
+    """Fine-tune, evaluate on validation and test, write model, vocabulary and fairness report.
+
+    Returns ``{"validation": metrics, "test": metrics}`` as ``Trainer.evaluate`` gives them.
+    """
+    from transformers import AutoTokenizer, set_seed
+
+    if not args.overwrite_output_dir and not args.resume_from_checkpoint:
+        check_output_dir(args.output_dir)
+    set_seed(args.seed)
+    raw = load_raw_datasets(data_args, seed=data_args.data_seed_for_splits)
+    num_labels, label_names = _label_info(raw["train"])
+    path = resolve_model_path(model_args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    data = tokenize(
+        raw, tokenizer, data_args.text_column, data_args.text_pair_column, data_args.max_seq_length
+    )
+    model = build_model(model_args, num_labels, label_names)
+
+    trainer = FairTrainer(
+        model=model,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        processing_class=tokenizer,
+    )
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model()
+
+    metrics = {"validation": _final_validation(trainer)}
+    if "test" in data:
+        metrics["test"] = trainer.evaluate(data["test"], metric_key_prefix="test")
+    if trainer.is_world_process_zero():
+        splits = {"validation": trainer.fairness_results["eval"]}
+        if "test" in data:
+            splits["test"] = trainer.fairness_results["test"]
+        run_info = {
+            "model": model_args.model_name_or_path,
+            "dataset": data_args.dataset_name or data_args.train_file,
+            "group_by": args.group_by,
+            "train_rows": len(data["train"]),
+            **{f"{s}_rows": len(data[s]) for s in ("validation", "test") if s in data},
+        }
+        write_report(splits, args.output_dir, run_info)
+        with open(os.path.join(args.output_dir, "run_config.json"), "w") as f:
+            import json
+
+            json.dump({"model": asdict(model_args), "data": asdict(data_args)}, f, indent=2)
+        print_summary(splits)
+    return metrics
+
+
+def _final_validation(trainer: FairTrainer) -> dict[str, float]:
+    """Validation metrics of the final model, reusing the evaluation that training ended with, if any."""
+    last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
+    ended_with_eval = last is not None and last.get("step") == trainer.state.global_step
+    if ended_with_eval and not trainer.args.load_best_model_at_end and "eval" in trainer.fairness_results:
+        return last
+    return trainer.evaluate(metric_key_prefix="eval")
+
+
+def print_summary(splits: dict[str, dict[str, Any]]) -> None:
+    """Print each split's per-group table and gaps to the terminal (the Markdown renders readably as text)."""
+    for split, groupings in splits.items():
+        for name, result in groupings.items():
+            print(f"\n== {split}: {name} ==\n{group_table(result)}\n\n{gap_table(result)}")

@@ -1,0 +1,101 @@
+import datasets
+import pytest
+
+from fairtune.config import DataArguments
+from fairtune.data.adult import adult_sentence, load_adult, read_adult_file
+from fairtune.data.loading import ERR_EMPTY, ERR_FILE_TYPE, load_raw_datasets, tokenize
+
+
+def test_adult_splits_are_fixed_and_complete():
+    data = load_adult()
+    assert len(data["train"]) + len(data["validation"]) == 32561  # every row of adult.data
+    assert len(data["test"]) == 16281  # every row of adult.test
+    assert data["train"][0] == load_adult()["train"][0]  # the split is seeded
+    assert set(data["test"].unique("sex")) == {"Female", "Male"}
+    assert 0.22 < sum(data["test"]["label"]) / len(data["test"]) < 0.25  # UCI: 23.6% earn > 50K
+    row = data["validation"][0]
+    assert row["text"].startswith(f"A {row['age']}-year-old") and row["label"] in (0, 1)
+
+
+def test_adult_sentence_and_missing_values():
+    row = dict(
+        age=30,
+        workclass=None,
+        fnlwgt=1,
+        education="Bachelors",
+        education_num=13,
+        marital_status="Never-married",
+        occupation=None,
+        relationship="Not-in-family",
+        race="Black",
+        sex="Female",
+        capital_gain=0,
+        capital_loss=50,
+        hours_per_week=40,
+        native_country=None,
+    )
+    text = adult_sentence(row)
+    assert text.startswith("A 30-year-old Black woman, never married")
+    assert "capital loss 50" in text and "capital gain" not in text and "unknown" in text
+
+
+def test_read_adult_skips_header_and_strips_test_dots(tmp_path):
+    path = tmp_path / "adult.test"
+    path.write_text(
+        "|1x3 Cross validator\n25, Private, 1, 11th, 7, Never-married, ?, Own-child, Black, "
+        "Male, 0, 0, 40, United-States, >50K.\n\n"
+    )
+    (row,) = read_adult_file(str(path))
+    assert row["income"] == ">50K" and row["occupation"] is None and row["age"] == 25
+
+
+@pytest.mark.parametrize("ext", ["csv", "jsonl", "parquet"])
+def test_local_files_with_string_labels_and_carved_validation(tmp_path, ext):
+    ds = datasets.Dataset.from_dict(
+        {
+            "review": [f"t{i}" for i in range(40)],
+            "sentiment": ["pos", "neg"] * 20,
+            "sex": ["F", "M", "M", "F"] * 10,
+        }
+    )
+    path = str(tmp_path / f"train.{ext}")
+    {"csv": ds.to_csv, "jsonl": ds.to_json, "parquet": ds.to_parquet}[ext](path)
+    raw = load_raw_datasets(DataArguments(train_file=path, label_column="sentiment", max_train_samples=20))
+    assert set(raw) == {"train", "validation"} and len(raw["train"]) == 20 and len(raw["validation"]) == 4
+    assert raw["train"].features["label"].names == ["neg", "pos"]
+    assert set(raw["train"].column_names) == {"review", "label", "sex"}
+
+
+def test_loader_errors(tmp_path):
+    bad = tmp_path / "data.txt"
+    bad.write_text("x")
+    with pytest.raises(ValueError) as err:
+        load_raw_datasets(DataArguments(train_file=str(bad)))
+    assert str(err.value) == ERR_FILE_TYPE.format(
+        path=str(bad), choices=[".csv", ".json", ".jsonl", ".parquet"]
+    )
+    with pytest.raises(FileNotFoundError):
+        load_raw_datasets(DataArguments(train_file=str(tmp_path / "nope.csv")))
+    empty = tmp_path / "e.csv"
+    datasets.Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]}).to_csv(str(empty))
+    with pytest.raises(ValueError) as err:
+        load_raw_datasets(
+            DataArguments(train_file=str(empty), validation_file=str(empty), max_train_samples=0)
+        )
+    assert str(err.value) == ERR_EMPTY.format(split="train")
+    with pytest.raises(ValueError, match="no column 'stars'"):
+        load_raw_datasets(DataArguments(train_file=str(empty), label_column="stars"))
+
+
+def test_tokenize_keeps_attribute_columns_and_checks_text(tokenizer):
+    raw = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(
+                {"text": ["he works", "she works as nurse"], "label": [0, 1], "sex": ["M", "F"]}
+            )
+        }
+    )
+    out = tokenize(raw, tokenizer, "text", None, max_length=4)
+    assert out["train"]["sex"] == ["M", "F"] and max(len(x) for x in out["train"]["input_ids"]) == 4
+    with pytest.raises(ValueError, match="no column 'body'"):
+        tokenize(raw, tokenizer, "body", None, max_length=4)

@@ -1,0 +1,77 @@
+import datasets
+import pytest
+
+from fairtune.groups import (
+    ERR_MISSING_COLUMN,
+    ERR_MISSING_VALUES,
+    ERR_SINGLE_GROUP,
+    GroupVocabulary,
+    group_column,
+    parse_grouping,
+)
+
+
+def _data(sex, race):
+    return datasets.Dataset.from_dict({"sex": sex, "race": race, "label": [0] * len(sex)})
+
+
+def test_parse_grouping():
+    assert parse_grouping("sex") == ("sex",)
+    assert parse_grouping(" sex + race ") == ("sex", "race")
+    assert parse_grouping(["sex", "race"]) == ("sex", "race")
+    with pytest.raises(ValueError, match="at least one attribute"):
+        parse_grouping("+")
+
+
+def test_fit_encode_intersections_and_sorted_ids():
+    train = _data(["M", "F", "M", "F"], ["W", "B", "B", "W"])
+    vocab = GroupVocabulary("sex", ["race", "sex+race"]).fit(train)
+    assert vocab.names("sex") == ["F", "M"]
+    assert vocab.names("sex+race") == ["F|B", "F|W", "M|B", "M|W"]
+    enc = vocab.encode(train, split="training")
+    assert enc[group_column("sex")] == [1, 0, 1, 0]
+    assert enc[group_column("race")] == [1, 0, 0, 1]
+    assert enc[group_column("sex+race")] == [3, 0, 2, 1]
+
+
+def test_integer_attributes_and_unseen_group_at_evaluation(caplog):
+    vocab = GroupVocabulary("age_bucket").fit(
+        _data([0, 1, 1], ["a", "b", "c"]).rename_column("sex", "age_bucket")
+    )
+    ev = _data([2, 0], ["a", "a"]).rename_column("sex", "age_bucket")
+    with caplog.at_level("WARNING"):
+        enc = vocab.encode(ev)
+    assert enc[group_column("age_bucket")] == [2, 0]
+    assert vocab.names("age_bucket") == ["0", "1", "2"]
+    assert "not in the training data" in caplog.text
+    # Only training groups are saved with the model.
+    assert vocab.to_dict()["groupings"]["age_bucket"]["values"] == ["0", "1"]
+
+
+def test_save_load_roundtrip_maps_identically(tmp_path):
+    train = _data(["M", "F", "X"], ["W", "B", "W"])
+    vocab = GroupVocabulary("sex+race", ["sex"]).fit(train)
+    vocab.save(str(tmp_path))
+    loaded = GroupVocabulary.load(str(tmp_path))
+    ev = _data(["X", "M", "F"], ["W", "W", "B"])
+    for name in ("sex+race", "sex"):
+        assert loaded.encode(ev)[group_column(name)] == vocab.encode(ev)[group_column(name)]
+    assert loaded.train_grouping == "sex+race"
+
+
+def test_errors_name_the_problem():
+    vocab = GroupVocabulary("gender")
+    with pytest.raises(ValueError) as err:
+        vocab.fit(_data(["M", "F"], ["W", "B"]))
+    assert str(err.value) == ERR_MISSING_COLUMN.format(
+        split="training", column="gender", what="group attributes", columns=["sex", "race", "label"]
+    )
+    with pytest.raises(ValueError) as err:
+        GroupVocabulary("sex").fit(_data(["M", None, "F"], ["W", "B", "W"]))
+    assert str(err.value) == ERR_MISSING_VALUES.format(column="sex", split="training", count=1, row=1)
+    nan = datasets.Dataset.from_dict({"score": [1.0, float("nan")], "label": [0, 1]})
+    with pytest.raises(ValueError, match="NaN"):
+        GroupVocabulary("score").fit(nan)
+    with pytest.raises(ValueError) as err:
+        GroupVocabulary("sex").fit(_data(["M", "M"], ["W", "B"]))
+    assert str(err.value) == ERR_SINGLE_GROUP.format(grouping="sex", count=1, split="training", values=["M"])
