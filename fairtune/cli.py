@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError)
 USAGE = """usage: fairtune <command> [options]
 
 commands:
@@ -15,13 +16,15 @@ commands:
 def train_main(argv: Sequence[str] | None = None) -> None:
     """Parse the config and flags, then run training, evaluation and the report."""
     from fairtune.config import parse_config
-    from fairtune.pipeline import run
+    from fairtune.pipeline import build, train_and_report
 
+    # Mistakes in the config or the data surface before training: say them plainly, without a traceback.
     try:
         model_args, data_args, training_args = parse_config(argv)
-    except (ValueError, FileNotFoundError) as err:  # a config mistake: say it plainly, no traceback
+        trainer, data = build(model_args, data_args, training_args)
+    except USER_ERRORS as err:
         sys.exit(f"fairtune: error: {err}")
-    run(model_args, data_args, training_args)
+    train_and_report(trainer, data, model_args, data_args)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -6,6 +6,7 @@ before training starts and before anything is written to ``output_dir``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import asdict
@@ -53,10 +54,12 @@ def _label_info(dataset: Any) -> tuple[int, list[str] | None]:
     return max(2, int(max(dataset["label"])) + 1), None
 
 
-def run(model_args: ModelArguments, data_args: DataArguments, args: FairTrainingArguments) -> dict[str, Any]:
-    """Fine-tune, evaluate on validation and test, write model, vocabulary and fairness report.
+def build(
+    model_args: ModelArguments, data_args: DataArguments, args: FairTrainingArguments
+) -> tuple[FairTrainer, Any]:
+    """Load and check data, model and groups; returns the trainer and the tokenized splits.
 
-    Returns ``{"validation": metrics, "test": metrics}`` as ``Trainer.evaluate`` gives them.
+    Every user-input error surfaces here, before training and before anything is written.
     """
     from transformers import AutoTokenizer, set_seed
 
@@ -71,7 +74,6 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: FairTraining
         raw, tokenizer, data_args.text_column, data_args.text_pair_column, data_args.max_seq_length
     )
     model = build_model(model_args, num_labels, label_names)
-
     trainer = FairTrainer(
         model=model,
         args=args,
@@ -79,6 +81,24 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: FairTraining
         eval_dataset=data["validation"],
         processing_class=tokenizer,
     )
+    if "test" in data:
+        data["test"] = trainer.prepare_dataset(data["test"], "test")
+    return trainer, data
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, args: FairTrainingArguments) -> dict[str, Any]:
+    """Fine-tune, evaluate on validation and test, write model, vocabulary and fairness report.
+
+    Returns ``{"validation": metrics, "test": metrics}`` as ``Trainer.evaluate`` gives them.
+    """
+    return train_and_report(*build(model_args, data_args, args), model_args, data_args)
+
+
+def train_and_report(
+    trainer: FairTrainer, data: Any, model_args: ModelArguments, data_args: DataArguments
+) -> dict[str, Any]:
+    """Train a built trainer, evaluate, and write the report (main process only)."""
+    args = trainer.args
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model()
 
@@ -98,10 +118,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: FairTraining
         }
         write_report(splits, args.output_dir, run_info)
         with open(os.path.join(args.output_dir, "run_config.json"), "w") as f:
-            import json
-
             json.dump({"model": asdict(model_args), "data": asdict(data_args)}, f, indent=2)
         print_summary(splits)
+        print(f"\nModel, tokenizer, group vocabulary and fairness report written to {args.output_dir}/")
     return metrics
 
 

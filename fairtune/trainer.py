@@ -372,6 +372,11 @@ class FairTrainer(Trainer):
                 output.metrics.update(flatten_metrics(result, f"{metric_key_prefix}_{name}"))
         finally:
             self._eval_stats = None
+        loss_key = f"{metric_key_prefix}_loss"
+        if results and loss_key in output.metrics:
+            # Trainer averages per-batch means, so on several processes the padding duplicates of the last
+            # batch leak into eval_loss; the per-sample sum in GroupStats excludes them exactly.
+            output.metrics[loss_key] = float(results[self.group_vocab.train_grouping]["overall"]["loss"])
         if results:
             self.fairness_results[metric_key_prefix] = results
         return output
