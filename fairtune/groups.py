@@ -26,7 +26,7 @@ VOCAB_FILE = "group_vocab.json"
 
 ERR_EMPTY_SPEC = "A grouping must name at least one attribute column; got {spec!r}."
 ERR_MISSING_COLUMN = (
-    "The {split} dataset has no column {column!r} (needed by {what}). Its columns are: {columns}."
+    "The {split} dataset has no column {column!r} (named by {what}). Its columns are: {columns}."
 )
 ERR_MISSING_VALUES = (
     "Column {column!r} of the {split} dataset has {count} missing or NaN value(s) (first at row {row}); "
@@ -141,7 +141,7 @@ class GroupVocabulary:
 
     def fit(self, dataset: Any) -> GroupVocabulary:
         """Fix every vocabulary from the training dataset (a ``datasets.Dataset``)."""
-        check_columns(dataset, self.attributes, split="training", what="group attributes")
+        check_columns(dataset, self.attributes, split="training", what="group_by / eval_group_by")
         columns = {a: dataset[a] for a in self.attributes}
         rows = [dict(zip(columns, vals, strict=True)) for vals in zip(*columns.values(), strict=True)]
         for g in self.groupings.values():
@@ -156,7 +156,7 @@ class GroupVocabulary:
 
     def encode(self, dataset: Any, *, split: str = "evaluation") -> Any:
         """Return ``dataset`` with one ``group:<grouping>`` int column per grouping added."""
-        check_columns(dataset, self.attributes, split=split, what="group attributes")
+        check_columns(dataset, self.attributes, split=split, what="group_by / eval_group_by")
         columns = {a: dataset[a] for a in self.attributes}
         rows = [dict(zip(columns, vals, strict=True)) for vals in zip(*columns.values(), strict=True)]
         for g in self.groupings.values():

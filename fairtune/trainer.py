@@ -184,7 +184,7 @@ class FairTrainer(Trainer):
         num_labels = getattr(config, "num_labels", None) or args.num_labels
         if num_labels is None and train_dataset is not None:
             label = self._label_column(train_dataset, "training")
-            check_columns(train_dataset, [label], split="training", what="the task loss")
+            check_columns(train_dataset, [label], split="training", what="the labels")
             num_labels = max(2, int(max(train_dataset[label])) + 1)
         if num_labels is None:
             raise ValueError(ERR_UNKNOWN_NUM_LABELS)
@@ -209,7 +209,7 @@ class FairTrainer(Trainer):
 
         self._check_dataset(dataset, split)
         label = self._label_column(dataset, split)
-        check_columns(dataset, [label], split=split, what="the task loss")
+        check_columns(dataset, [label], split=split, what="the labels")
         column = dataset.with_format("arrow")[label]
         import pyarrow as pa
 

@@ -99,3 +99,15 @@ def test_tokenize_keeps_attribute_columns_and_checks_text(tokenizer):
     assert out["train"]["sex"] == ["M", "F"] and max(len(x) for x in out["train"]["input_ids"]) == 4
     with pytest.raises(ValueError, match="no column 'body'"):
         tokenize(raw, tokenizer, "body", None, max_length=4)
+
+
+def test_dataset_name_may_be_a_local_folder(tmp_path):
+    # The same datasets.load_dataset call resolves Hub names; a folder of split files exercises it offline.
+    folder = tmp_path / "mydata"
+    folder.mkdir()
+    for split, n in (("train", 30), ("test", 10)):
+        rows = {"text": ["x"] * n, "label": [0, 1] * (n // 2), "sex": ["F", "M"] * (n // 2)}
+        datasets.Dataset.from_dict(rows).to_json(str(folder / f"{split}.jsonl"))
+    raw = load_raw_datasets(DataArguments(dataset_name=str(folder)))
+    assert sorted(raw) == ["test", "train", "validation"] and len(raw["test"]) == 10
+    assert len(raw["train"]) + len(raw["validation"]) == 30

@@ -64,7 +64,7 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError) as err:
         vocab.fit(_data(["M", "F"], ["W", "B"]))
     assert str(err.value) == ERR_MISSING_COLUMN.format(
-        split="training", column="gender", what="group attributes", columns=["sex", "race", "label"]
+        split="training", column="gender", what="group_by / eval_group_by", columns=["sex", "race", "label"]
     )
     with pytest.raises(ValueError) as err:
         GroupVocabulary("sex").fit(_data(["M", None, "F"], ["W", "B", "W"]))
