@@ -139,11 +139,15 @@ class GroupVocabulary:
     def names(self, grouping: str) -> list[str]:
         return list(self.groupings[grouping].values)
 
+    def _attribute_rows(self, dataset: Any, split: str) -> list[dict[str, Any]]:
+        """Check the attribute columns, then return them as one dict per row."""
+        check_columns(dataset, self.attributes, split=split, what="group_by / eval_group_by")
+        columns = {a: list(dataset[a]) for a in self.attributes}
+        return [dict(zip(columns, vals, strict=True)) for vals in zip(*columns.values(), strict=True)]
+
     def fit(self, dataset: Any) -> GroupVocabulary:
         """Fix every vocabulary from the training dataset (a ``datasets.Dataset``)."""
-        check_columns(dataset, self.attributes, split="training", what="group_by / eval_group_by")
-        columns = {a: dataset[a] for a in self.attributes}
-        rows = [dict(zip(columns, vals, strict=True)) for vals in zip(*columns.values(), strict=True)]
+        rows = self._attribute_rows(dataset, "training")
         for g in self.groupings.values():
             g.fit(rows)
             if g.num_train_groups < 2:
@@ -156,9 +160,7 @@ class GroupVocabulary:
 
     def encode(self, dataset: Any, *, split: str = "evaluation") -> Any:
         """Return ``dataset`` with one ``group:<grouping>`` int column per grouping added."""
-        check_columns(dataset, self.attributes, split=split, what="group_by / eval_group_by")
-        columns = {a: dataset[a] for a in self.attributes}
-        rows = [dict(zip(columns, vals, strict=True)) for vals in zip(*columns.values(), strict=True)]
+        rows = self._attribute_rows(dataset, split)
         for g in self.groupings.values():
             col = group_column(g.name)
             if col in dataset.column_names:

@@ -6,6 +6,8 @@ import logging
 import os
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -205,14 +207,10 @@ class FairTrainer(Trainer):
         Raises before anything runs if a column is missing, holds missing/NaN values, or a label lies
         outside ``[0, num_labels)``.
         """
-        import pyarrow.compute as pc
-
         self._check_dataset(dataset, split)
         label = self._label_column(dataset, split)
         check_columns(dataset, [label], split=split, what="the labels")
         column = dataset.with_format("arrow")[label]
-        import pyarrow as pa
-
         if not pa.types.is_integer(column.type):
             raise ValueError(ERR_LABEL_TYPE.format(split=split, column=label, dtype=column.type))
         low, high = pc.min(column).as_py(), pc.max(column).as_py()
