@@ -273,8 +273,8 @@ class FairTrainer(Trainer):
         return loss
 
     def _track_group_loss(self, losses: torch.Tensor, groups: torch.Tensor) -> None:
-        num_groups = len(self.group_vocab.names(self.group_vocab.train_grouping))
-        if self._group_loss_sum is None:
+        if self._group_loss_sum is None:  # sized once: the training vocabulary is fixed
+            num_groups = self.group_vocab.groupings[self.group_vocab.train_grouping].num_train_groups
             self._group_loss_sum = torch.zeros(num_groups, device=losses.device)
             self._group_loss_count = torch.zeros(num_groups, device=losses.device)
         self._group_loss_sum.index_add_(0, groups, losses.float())
