@@ -82,6 +82,69 @@ class FairTrainingArguments(TrainingArguments):
         default=0.95, metadata={"help": "Coverage of the bootstrap confidence intervals."}
     )
     ece_bins: int = field(default=10, metadata={"help": "Equal-width bins for expected calibration error."})
+    penalty: str | None = field(
+        default=None,
+        metadata={
+            "help": "Fairness penalty added to the task loss: demographic_parity, equal_opportunity, "
+            "equalized_odds, loss_parity or mindiff (or a name registered by your code)."
+        },
+    )
+    penalty_weight: float = field(default=1.0, metadata={"help": "Weight (lambda) of the penalty, >= 0."})
+    penalty_spread: str = field(
+        default="max_gap",
+        metadata={
+            "help": "How the penalty measures the spread of group rates: max_gap (max - min), mean_abs_dev "
+            "or l2_dev (deviations from the overall rate)."
+        },
+    )
+    penalty_warmup_steps: int = field(
+        default=0, metadata={"help": "Grow the penalty weight linearly from 0 over this many steps."}
+    )
+    mindiff_bandwidth: float = field(
+        default=0.1, metadata={"help": "Bandwidth of the Gaussian kernel of the mindiff penalty."}
+    )
+    reweighting: str | None = field(
+        default=None,
+        metadata={
+            "help": "Sample reweighting: kamiran_calders, balanced_group, balanced_label, "
+            "balanced_group_label, or group_dro (online group weights, Sagawa et al. 2020)."
+        },
+    )
+    reweighting_mode: str = field(
+        default="weights",
+        metadata={
+            "help": "weights: multiply each sample's loss by its weight; sampler: draw training samples with "
+            "probability proportional to it (not for group_dro)."
+        },
+    )
+    group_dro_eta: float = field(default=0.01, metadata={"help": "Step size of GroupDRO's group weights."})
+    adversary: str | None = field(
+        default=None,
+        metadata={
+            "help": "Adversarial debiasing head through gradient reversal: group (predicts the group) or "
+            "equalized_odds (also sees the true label)."
+        },
+    )
+    adversary_input: str = field(
+        default="hidden",
+        metadata={"help": "What the adversary sees: hidden (mean-pooled last hidden state) or logits."},
+    )
+    adversary_weight: float = field(
+        default=1.0, metadata={"help": "Scale of the reversed gradient the adversary sends into the model."}
+    )
+    adversary_hidden_size: int = field(
+        default=64, metadata={"help": "Hidden width of the adversary head (0: linear)."}
+    )
+    adversary_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the adversary head (default: learning_rate)."}
+    )
+    post_processing: str | None = field(
+        default=None,
+        metadata={
+            "help": "Group-specific decision thresholds fitted on the validation set after training "
+            "(binary tasks): demographic_parity, equal_opportunity or equalized_odds."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
@@ -106,6 +169,11 @@ class FairTrainingArguments(TrainingArguments):
             raise ValueError(f"confidence_level must lie in (0, 1); got {self.confidence_level}.")
         if self.num_labels is not None and self.num_labels < 2:
             raise ValueError(f"num_labels must be >= 2 for classification; got {self.num_labels}.")
+        # Build the mitigation objects once here, so a bad name or value fails when the arguments are made.
+        from fairtune.mitigation import from_args, post_processing_from_args
+
+        from_args(self)
+        post_processing_from_args(self)
 
 
 @dataclass

@@ -12,12 +12,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, Trainer, default_data_collator
-from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_callback import ProgressCallback, TrainerCallback
 
 from fairtune.config import FairTrainingArguments
 from fairtune.data.collator import FairDataCollator
 from fairtune.groups import GROUP_COLUMN_PREFIX, GroupVocabulary, check_columns, group_column
 from fairtune.metrics import GroupStats, flatten_metrics
+from fairtune.mitigation import (
+    Adversary,
+    GroupDRO,
+    Penalty,
+    PenaltyBatch,
+    Reweighter,
+    WeightedEpochSampler,
+    from_args,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +58,20 @@ ERR_OUTPUT_DIR = (
     "output_dir {path!r} already holds a run ({found}). Pass overwrite_output_dir=True to train into it, "
     "resume_from_checkpoint to continue it, or choose another output_dir."
 )
+ERR_MITIGATION_TYPE = (
+    "mitigations must be Penalty, Reweighter, GroupDRO or Adversary objects; got {kind}. Post-processing "
+    "(GroupThresholds) is fitted after training, on validation predictions."
+)
+ERR_MITIGATION_TWICE = "At most one {what} per trainer; got {count}: {items}."
+ERR_REGRESSION_HEAD = (
+    "{method} needs class labels, but the model has a regression head (num_labels=1); give it a "
+    "classification head with num_labels >= 2."
+)
+ERR_ADVERSARY_OPTIMIZER = (
+    "An adversary trains in a parameter group of the trainer's optimizer; with optimizers=(...) passed in, "
+    "add its head's parameters yourself or let FairTrainer create the optimizer."
+)
+MITIGATION_STATE_FILE = "mitigation_state.pt"
 
 
 def logits_of(outputs: Any) -> torch.Tensor:
@@ -75,6 +98,20 @@ class CompactProgressCallback(ProgressCallback):
             if k.count("/") < 2 and not k.endswith(("_ci_low", "_ci_high"))
         }
         super().on_log(args, state, control, logs=logs, **kwargs)
+
+
+class _ZeroHeadGrads(TrainerCallback):
+    """Clears the adversary head's gradients after every optimizer step.
+
+    Trainer zeroes only ``model``'s gradients; the head lives outside the model, and without this its
+    gradients would pile up over the whole run.
+    """
+
+    def __init__(self, head: nn.Module):
+        self.head = head
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.head.zero_grad(set_to_none=True)
 
 
 class FairTrainer(Trainer):
@@ -106,6 +143,7 @@ class FairTrainer(Trainer):
         eval_dataset: Any = None,
         processing_class: Any = None,
         group_vocab: GroupVocabulary | None = None,
+        mitigations: list[Any] | None = None,
         **kwargs: Any,
     ):
         # Everything that can be wrong with the inputs is checked here, before Trainer starts anything.
@@ -115,6 +153,7 @@ class FairTrainer(Trainer):
             raise ValueError(ERR_NO_GROUP_BY)
         if model is None:
             raise ValueError("FairTrainer needs a model (model_init is not supported).")
+        self._sort_mitigations([*from_args(args), *(mitigations or [])], model)
         self.group_vocab = group_vocab or GroupVocabulary(args.group_by, args.eval_group_by)
         for spec in args.eval_group_by or []:
             if spec not in self.group_vocab.groupings:  # a loaded vocabulary may lack a newly asked grouping
@@ -122,6 +161,8 @@ class FairTrainer(Trainer):
                     f"eval_group_by names {spec!r}, which the loaded group vocabulary does not have "
                     f"(it has {list(self.group_vocab.groupings)})."
                 )
+        self.group_columns = [group_column(name) for name in self.group_vocab.groupings]
+        self.train_group_column = group_column(self.group_vocab.train_grouping)
         if not self.group_vocab.fitted:
             if train_dataset is None:
                 raise ValueError(ERR_NO_TRAIN_DATA)
@@ -130,6 +171,7 @@ class FairTrainer(Trainer):
         self.num_labels = self._resolve_num_labels(model, args, train_dataset)
         if train_dataset is not None:
             train_dataset = self.prepare_dataset(train_dataset, "training")
+        self._setup_mitigations(model, train_dataset, kwargs.get("optimizers"))
         if isinstance(eval_dataset, dict):
             eval_dataset = {k: self.prepare_dataset(v, f"evaluation ({k})") for k, v in eval_dataset.items()}
         elif eval_dataset is not None:
@@ -160,8 +202,6 @@ class FairTrainer(Trainer):
             self.add_callback(CompactProgressCallback)
         if not self.label_names:  # a plain nn.Module's forward has no `labels` argument to infer it from
             self.label_names = ["labels"]
-        self.group_columns = [group_column(name) for name in self.group_vocab.groupings]
-        self.train_group_column = group_column(self.group_vocab.train_grouping)
         # Running per-group loss between two training logs: sums and counts, shape (G,), on the device.
         self._group_loss_sum: torch.Tensor | None = None
         self._group_loss_count: torch.Tensor | None = None
@@ -170,6 +210,89 @@ class FairTrainer(Trainer):
         # Last fairness results: metric prefix ("eval", "test", ...) -> grouping -> GroupStats.compute().
         self.fairness_results: dict[str, dict[str, dict[str, Any]]] = {}
         self._output_dir_checked = False
+        # Running sums of the loss terms between two training logs (task loss, each penalty, adversary).
+        self._term_sums: dict[str, torch.Tensor] = {}
+        self._term_steps = 0
+        if self.adversary is not None:
+            self.adversary.head.to(self.args.device)
+            self.add_callback(_ZeroHeadGrads(self.adversary.head))
+        if self.group_dro is not None:
+            self.group_dro.q = self.group_dro.q.to(self.args.device)
+
+    # ----- mitigation set-up -------------------------------------------------------------------------
+    def _sort_mitigations(self, methods: list[Any], model: nn.Module) -> None:
+        """Sort mitigation objects by family and check they fit the model, before anything is built."""
+        self.penalties: list[Penalty] = []
+        reweighters: list[Reweighter] = []
+        dro: list[GroupDRO] = []
+        adversaries: list[Adversary] = []
+        for method in methods:
+            if isinstance(method, Penalty):
+                self.penalties.append(method)
+            elif isinstance(method, Reweighter):
+                reweighters.append(method)
+            elif isinstance(method, GroupDRO):
+                dro.append(method)
+            elif isinstance(method, Adversary):
+                adversaries.append(method)
+            else:
+                raise TypeError(ERR_MITIGATION_TYPE.format(kind=type(method).__name__))
+        samplers = [r for r in reweighters if r.mode == "sampler"]
+        for what, items in (("adversary", adversaries), ("GroupDRO", dro), ("sampler", samplers)):
+            if len(items) > 1:
+                raise ValueError(ERR_MITIGATION_TWICE.format(what=what, count=len(items), items=items))
+        self.loss_reweighters = [r for r in reweighters if r.mode == "weights"]
+        self.sampler_reweighter = samplers[0] if samplers else None
+        self.group_dro = dro[0] if dro else None
+        self.adversary = adversaries[0] if adversaries else None
+        self.mitigations = methods
+        if getattr(getattr(model, "config", None), "num_labels", None) == 1:
+            for method in methods:
+                if getattr(method, "needs_labels", True):
+                    raise ValueError(ERR_REGRESSION_HEAD.format(method=method))
+
+    def _setup_mitigations(self, model: nn.Module, train_dataset: Any, optimizers: Any) -> None:
+        """Fit static weights on the training data and build the adversary head and GroupDRO state."""
+        num_groups = self.group_vocab.groupings[self.group_vocab.train_grouping].num_train_groups
+        for reweighter in [*self.loss_reweighters, self.sampler_reweighter]:
+            if reweighter is not None and reweighter.weights is None:
+                if train_dataset is None:
+                    raise ValueError(f"{reweighter!r} needs a train_dataset to fit its weights on.")
+                groups, labels = self._train_groups_and_labels(train_dataset)
+                reweighter.fit(groups, labels, num_groups, self.num_labels)
+        if self.group_dro is not None:
+            self.group_dro.setup(num_groups)
+        if self.adversary is not None:
+            if optimizers is not None and optimizers[0] is not None:
+                raise ValueError(ERR_ADVERSARY_OPTIMIZER)
+            self.adversary.build(model, num_groups, self.num_labels)
+
+    def _train_groups_and_labels(self, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) training group ids and (N,) labels, read from the arrow table without decoding rows."""
+        table = dataset.with_format("arrow")
+        groups = torch.tensor(table[self.train_group_column].to_numpy(), dtype=torch.long)
+        labels = torch.tensor(table[self._label_column(dataset, "training")].to_numpy(), dtype=torch.long)
+        return groups, labels
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        """A weighted sampler when a reweighter runs in ``sampler`` mode, else Trainer's own."""
+        if self.sampler_reweighter is None:
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        groups, labels = self._train_groups_and_labels(dataset)
+        weights = self.sampler_reweighter.sample_weights(groups, labels)
+        return WeightedEpochSampler(weights, seed=self.args.data_seed or self.args.seed)
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """Trainer's optimizer, plus a parameter group for the adversary head (its own lr, no decay)."""
+        optimizer = super().create_optimizer(model)
+        if self.adversary is not None:
+            params = list(self.adversary.head.parameters())
+            known = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            if not any(id(p) in known for p in params):
+                lr = self.adversary.learning_rate or self.args.learning_rate
+                optimizer.add_param_group({"params": params, "lr": lr, "weight_decay": 0.0})
+        return optimizer
 
     # ----- data -------------------------------------------------------------------------------------
     @staticmethod
@@ -250,15 +373,96 @@ class FairTrainer(Trainer):
         """
         groups = {k: inputs.pop(k) for k in list(inputs) if k.startswith(GROUP_COLUMN_PREFIX)}
         labels = inputs.pop("labels")
-        outputs = model(**inputs)
+        mitigate = model.training and self.train_group_column in groups
+        hidden = mitigate and self.adversary is not None and self.adversary.input == "hidden"
+        outputs = model(**inputs, output_hidden_states=True) if hidden else model(**inputs)
         logits = logits_of(outputs)
         if logits.dim() != 2 or logits.shape[-1] < 2:
             raise ValueError(ERR_NUM_LABELS.format(num_labels=logits.shape[-1] if logits.dim() else 1))
         losses = self.per_sample_loss(logits, labels)
-        if model.training and self.train_group_column in groups:
-            self._track_group_loss(losses.detach(), groups[self.train_group_column])
-        loss = self.reduce_loss(losses, num_items_in_batch)
+        if not mitigate:
+            loss = self.reduce_loss(losses, num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
+
+        group_ids = groups[self.train_group_column]
+        self._track_group_loss(losses.detach(), group_ids)
+        self._add_term("task_loss", losses.detach().mean())
+        weighted = losses * self.sample_weights(losses.detach(), group_ids, labels)
+        loss = self.reduce_loss(weighted, num_items_in_batch)
+        # Penalty and adversary terms are per micro-batch; this share makes them average over the
+        # accumulation window (and processes) the way the summed task loss does.
+        share = 1.0
+        if num_items_in_batch is not None:
+            share = len(labels) / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                share = share * self.accelerator.num_processes
+        extra = self.mitigation_loss(outputs, logits, labels, group_ids, losses, inputs.get("attention_mask"))
+        if extra is not None:
+            loss = loss + share * extra
         return (loss, outputs) if return_outputs else loss
+
+    def sample_weights(
+        self, losses: torch.Tensor, groups: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """(N,) loss weights of a training batch: static reweighting times GroupDRO's online weights.
+
+        Args:
+            losses: (N,) detached per-sample task losses; groups: (N,) ids; labels: (N,) class ids.
+        """
+        weights = torch.ones_like(losses)
+        for reweighter in self.loss_reweighters:
+            weights = weights * reweighter.sample_weights(groups, labels)
+        if self.group_dro is not None:
+            num_groups = self.group_dro.q.numel()
+            sums = torch.zeros(num_groups, device=losses.device).index_add_(0, groups, losses.float())
+            counts = torch.zeros(num_groups, device=losses.device).index_add_(
+                0, groups, torch.ones_like(losses, dtype=torch.float)
+            )
+            if self.accelerator.num_processes > 1:  # every process must keep the same q
+                sums = self.accelerator.reduce(sums, reduction="sum")
+                counts = self.accelerator.reduce(counts, reduction="sum")
+            factor = self.group_dro.update(sums, counts)
+            weights = weights * factor[groups]
+            present = counts > 0
+            self._add_term("group_dro/worst_group_loss", (sums / counts.clamp_min(1))[present].max())
+        return weights
+
+    def mitigation_loss(
+        self,
+        outputs: Any,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        groups: torch.Tensor,
+        losses: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
+        """Weighted penalties plus the adversary's loss for one training batch (a scalar), or None.
+
+        Args:
+            outputs: the model outputs; logits: (N, C); labels, groups: (N,); losses: (N,) unweighted task
+            losses; attention_mask: (N, T) if the inputs have one (to pool hidden states).
+        """
+        terms = []
+        if self.penalties:
+            num_groups = self.group_vocab.groupings[self.group_vocab.train_grouping].num_train_groups
+            batch = PenaltyBatch(logits, labels, groups, num_groups, losses)
+            for penalty in self.penalties:
+                value = penalty(batch)
+                self._add_term(f"penalty/{penalty.name}", value.detach())
+                terms.append(penalty.weight_at(self.state.global_step) * value)
+        if self.adversary is not None:
+            representation = self.adversary.representation(outputs, logits, attention_mask)
+            adv_losses, correct = self.adversary.loss(representation, groups, labels)
+            self._add_term("adversary/loss", adv_losses.detach().mean())
+            self._add_term("adversary/accuracy", correct.float().mean())
+            terms.append(adv_losses.mean())
+        return torch.stack(terms).sum() if terms else None
+
+    def _add_term(self, name: str, value: torch.Tensor) -> None:
+        value = value.detach().float()
+        self._term_sums[name] = self._term_sums.get(name, torch.zeros_like(value)) + value
+        if name == "task_loss":
+            self._term_steps += 1
 
     def reduce_loss(
         self, losses: torch.Tensor, num_items_in_batch: torch.Tensor | int | None
@@ -282,10 +486,10 @@ class FairTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the running per-group training loss (summed over processes) to training logs."""
+        grouping = self.group_vocab.train_grouping
         if "loss" in logs and self._group_loss_sum is not None:
             sums = self.accelerator.reduce(self._group_loss_sum, reduction="sum")
             counts = self.accelerator.reduce(self._group_loss_count, reduction="sum")
-            grouping = self.group_vocab.train_grouping
             for name, s, n in zip(
                 self.group_vocab.names(grouping), sums.tolist(), counts.tolist(), strict=False
             ):
@@ -293,6 +497,14 @@ class FairTrainer(Trainer):
                     logs[f"{grouping}/{name}/loss"] = s / n
             self._group_loss_sum.zero_()
             self._group_loss_count.zero_()
+        if "loss" in logs and self._term_steps:
+            for name, total in self._term_sums.items():
+                mean = self.accelerator.reduce(total / self._term_steps, reduction="mean")
+                logs[name] = float(mean)
+            if self.group_dro is not None:
+                for name, q in zip(self.group_vocab.names(grouping), self.group_dro.q.tolist(), strict=False):
+                    logs[f"group_dro/{name}/weight"] = q
+            self._term_sums, self._term_steps = {}, 0
         super().log(logs, start_time)
 
     # ----- evaluation -------------------------------------------------------------------------------
@@ -407,6 +619,55 @@ class FairTrainer(Trainer):
             check_output_dir(self.args.output_dir)
         self._output_dir_checked = True
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """``Trainer.training_step``; with several processes, also averages the adversary head's gradients.
+
+        The head lives outside the DDP-wrapped model, so DDP does not average its gradients; done here
+        once per optimizer step (when accelerate syncs gradients).
+        """
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        if (
+            self.adversary is not None
+            and self.accelerator.num_processes > 1
+            and self.accelerator.sync_gradients
+        ):
+            for p in self.adversary.head.parameters():
+                if p.grad is not None:
+                    p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+        return loss
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        # The adversary head and GroupDRO's weights are training state, like the optimizer: they go into
+        # every checkpoint (not into the exported model) so that a resumed run continues exactly.
+        super()._save_checkpoint(model, trial)
+        state = self.mitigation_state()
+        if state and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            torch.save(state, os.path.join(folder, MITIGATION_STATE_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, MITIGATION_STATE_FILE)
+        if os.path.isfile(path):
+            self.load_mitigation_state(torch.load(path, map_location=self.args.device))
+
+    def mitigation_state(self) -> dict[str, Any]:
+        """State of the adversary head and of GroupDRO, as saved in checkpoints."""
+        state: dict[str, Any] = {}
+        if self.adversary is not None:
+            state["adversary"] = self.adversary.head.state_dict()
+        if self.group_dro is not None:
+            state["group_dro"] = self.group_dro.state_dict()
+        return state
+
+    def load_mitigation_state(self, state: dict[str, Any]) -> None:
+        if self.adversary is not None and "adversary" in state:
+            self.adversary.head.load_state_dict(state["adversary"])
+        if self.group_dro is not None and "group_dro" in state:
+            self.group_dro.load_state_dict(state["group_dro"])
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         # The vocabulary travels with every checkpoint and the final model, so ids mean the same later.

@@ -1,0 +1,264 @@
+"""Differentiable fairness penalties: loss wrappers added to the task loss of every training batch.
+
+A penalty follows the split fairret uses: a *statistic* per group, a numerator and a denominator summed over
+the batch (soft selection rate, soft TPR / FPR, mean loss), and a *spread* that penalises how far the groups'
+statistics lie apart. Soft statistics use predicted probabilities instead of hard decisions, so the gradient
+reaches the logits. A group absent from the batch has a zero denominator; it is masked out of the spread,
+never divided by, so no batch yields NaN or inf.
+
+Binary tasks use the positive class only; with C > 2 classes every class is a column of the statistic (the
+selection rate of class c, the recall of class c, ...), and the spread is taken over all of them.
+
+Penalties see one process's micro-batch; with several processes each penalises its own batch and DDP averages
+the gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fairtune.mitigation.registry import register
+
+SPREADS = ("max_gap", "mean_abs_dev", "l2_dev")
+ERR_SPREAD = "spread must be one of {valid}; got {spread!r}."
+ERR_WEIGHT = "The weight of penalty {name!r} must be a finite number >= 0; got {weight}."
+ERR_WARMUP = "warmup_steps of penalty {name!r} must be >= 0; got {warmup}."
+ERR_BANDWIDTH = "MinDiff bandwidth must be > 0; got {bandwidth}."
+
+
+@dataclass
+class PenaltyBatch:
+    """What a penalty sees of one training micro-batch.
+
+    Attributes:
+        logits: (N, C) model outputs.
+        labels: (N,) class ids.
+        groups: (N,) group ids in ``[0, num_groups)``.
+        num_groups: G, the number of training groups.
+        losses: (N,) per-sample task loss, before any sample weights.
+    """
+
+    logits: Tensor
+    labels: Tensor
+    groups: Tensor
+    num_groups: int
+    losses: Tensor
+
+    @cached_property
+    def probs(self) -> Tensor:
+        """(N, C) class probabilities in float32."""
+        return self.logits.float().softmax(dim=-1)
+
+    @cached_property
+    def membership(self) -> Tensor:
+        """(N, G) one-hot group membership, float32."""
+        return F.one_hot(self.groups, self.num_groups).float()
+
+    def class_columns(self) -> Tensor:
+        """(N, K) probabilities of the classes a statistic is taken over: the positive class when C = 2."""
+        return self.probs[:, 1:] if self.probs.shape[1] == 2 else self.probs
+
+    def label_columns(self) -> Tensor:
+        """(N, K) indicator that the label is the class of each column (same columns as ``class_columns``)."""
+        onehot = F.one_hot(self.labels, self.probs.shape[1]).float()
+        return onehot[:, 1:] if onehot.shape[1] == 2 else onehot
+
+
+def group_rates(values: Tensor, select: Tensor, membership: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-group means of ``values`` over the selected samples.
+
+    Args:
+        values: (N, K) per-sample values (e.g. probabilities).
+        select: (N, K) 0/1 weights of which samples count for each column (all ones for a selection rate,
+            the label indicator for a TPR).
+        membership: (N, G) group membership.
+
+    Returns:
+        rates (G, K) (0 where undefined), present (G, K) bool (denominator > 0), overall (K,) pooled rate.
+    """
+    num = membership.T @ (values * select)
+    den = membership.T @ select
+    present = den > 0
+    rates = num / den.clamp_min(1e-12) * present
+    overall = num.sum(0) / den.sum(0).clamp_min(1e-12)
+    return rates, present, overall
+
+
+def spread(rates: Tensor, present: Tensor, overall: Tensor, how: str = "max_gap") -> Tensor:
+    """How far the groups' rates lie apart, over the groups where each column is defined.
+
+    Args:
+        rates: (G, K); present: (G, K) bool; overall: (K,).
+        how: ``max_gap``: the largest max - min over columns (what ``*_difference`` metrics measure);
+            ``mean_abs_dev``: mean |rate - overall| over defined cells; ``l2_dev``: per column the root mean
+            square deviation from ``overall``, averaged over columns.
+
+    A column defined for fewer than two groups contributes 0. Returns a scalar.
+    """
+    if how not in SPREADS:
+        raise ValueError(ERR_SPREAD.format(valid=", ".join(SPREADS), spread=how))
+    mask = present.float()
+    usable = mask.sum(0) >= 2  # (K,)
+    zero = rates.sum() * 0.0  # keeps the graph connected when nothing is usable
+    if not bool(usable.any()):
+        return zero
+    if how == "max_gap":
+        high = rates.masked_fill(~present, float("-inf")).amax(0)
+        low = rates.masked_fill(~present, float("inf")).amin(0)
+        return (high - low)[usable].max() + zero
+    dev = (rates - overall) * mask
+    if how == "mean_abs_dev":
+        return dev.abs()[:, usable].sum() / mask[:, usable].sum()
+    rms = ((dev**2).sum(0) / mask.sum(0).clamp_min(1) + 1e-12).sqrt()
+    return rms[usable].mean()
+
+
+class Penalty:
+    """Base class of a fairness penalty added to the task loss: ``weight * compute(batch)``.
+
+    Subclasses set ``name`` and implement ``compute(batch) -> scalar``. ``needs_labels`` says the penalty uses
+    class labels (all penalties of a classifier do; it is checked against regression heads).
+
+    Args:
+        weight: multiplier of the penalty (lambda), >= 0.
+        warmup_steps: the weight grows linearly from 0 to ``weight`` over this many optimizer steps.
+    """
+
+    name = "penalty"
+    needs_labels = True
+
+    def __init__(self, weight: float = 1.0, warmup_steps: int = 0):
+        if not (weight >= 0 and weight != float("inf")):  # also rejects NaN
+            raise ValueError(ERR_WEIGHT.format(name=self.name, weight=weight))
+        if warmup_steps < 0:
+            raise ValueError(ERR_WARMUP.format(name=self.name, warmup=warmup_steps))
+        self.weight = float(weight)
+        self.warmup_steps = int(warmup_steps)
+
+    def weight_at(self, step: int) -> float:
+        """The weight at optimizer step ``step`` (after warm-up: ``weight``)."""
+        if self.warmup_steps == 0:
+            return self.weight
+        return self.weight * min(1.0, step / self.warmup_steps)
+
+    def compute(self, batch: PenaltyBatch) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement compute(batch) -> scalar tensor")
+
+    def __call__(self, batch: PenaltyBatch) -> Tensor:
+        return self.compute(batch)
+
+    def __repr__(self) -> str:
+        extra = {k: v for k, v in vars(self).items() if k not in ("weight", "warmup_steps")}
+        return f"{type(self).__name__}(weight={self.weight}, warmup_steps={self.warmup_steps}, {extra})"
+
+
+class _RatePenalty(Penalty):
+    """A penalty on the spread of one per-group rate."""
+
+    def __init__(self, weight: float = 1.0, warmup_steps: int = 0, spread: str = "max_gap"):
+        super().__init__(weight, warmup_steps)
+        if spread not in SPREADS:
+            raise ValueError(ERR_SPREAD.format(valid=", ".join(SPREADS), spread=spread))
+        self.spread = spread
+
+
+@register("penalty", "demographic_parity")
+class DemographicParity(_RatePenalty):
+    """Spread of the soft selection rate E[p(y=c)] across groups (Zemel et al. 2013; FFB's DiffDP)."""
+
+    name = "demographic_parity"
+
+    def compute(self, batch: PenaltyBatch) -> Tensor:
+        probs = batch.class_columns()
+        rates, present, overall = group_rates(probs, torch.ones_like(probs), batch.membership)
+        return spread(rates, present, overall, self.spread)
+
+
+@register("penalty", "equal_opportunity")
+class EqualOpportunity(_RatePenalty):
+    """Spread of the soft TPR E[p(y=c) | y=c] across groups (Hardt et al. 2016's criterion, relaxed)."""
+
+    name = "equal_opportunity"
+
+    def compute(self, batch: PenaltyBatch) -> Tensor:
+        rates, present, overall = group_rates(batch.class_columns(), batch.label_columns(), batch.membership)
+        return spread(rates, present, overall, self.spread)
+
+
+@register("penalty", "equalized_odds")
+class EqualizedOdds(_RatePenalty):
+    """Spread of the soft TPR and FPR E[p(y=c) | y != c] across groups, taken over both (FFB's DiffEOdd)."""
+
+    name = "equalized_odds"
+
+    def compute(self, batch: PenaltyBatch) -> Tensor:
+        probs, positive = batch.class_columns(), batch.label_columns()
+        # Columns [TPR of each class | FPR of each class]: one spread over both, like the metric's max.
+        values = torch.cat([probs, probs], dim=1)
+        select = torch.cat([positive, 1.0 - positive], dim=1)
+        rates, present, overall = group_rates(values, select, batch.membership)
+        return spread(rates, present, overall, self.spread)
+
+
+@register("penalty", "loss_parity")
+class LossParity(_RatePenalty):
+    """Spread of the mean task loss across groups: accuracy parity through its differentiable surrogate."""
+
+    name = "loss_parity"
+
+    def compute(self, batch: PenaltyBatch) -> Tensor:
+        losses = batch.losses.float().unsqueeze(1)
+        rates, present, overall = group_rates(losses, torch.ones_like(losses), batch.membership)
+        return spread(rates, present, overall, self.spread)
+
+
+@register("penalty", "mindiff")
+class MinDiff(Penalty):
+    """Maximum mean discrepancy between each group's score distribution and the rest's (Prost et al. 2019).
+
+    Scores are the positive-class probability (binary) or the probability vector (C > 2); the kernel is
+    Gaussian, k(a, b) = exp(-||a - b||^2 / (2 bandwidth^2)). For every group g present next to at least one
+    other sample, the biased (V-statistic) MMD^2 between g and the other samples is taken; the penalty is
+    their mean. With ``labels`` set (e.g. ``[0]``, the negatives, as in the paper, for equal FPRs) only
+    samples of those classes take part. Costs O(N^2) per batch in memory and time.
+    """
+
+    name = "mindiff"
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        warmup_steps: int = 0,
+        bandwidth: float = 0.1,
+        labels: list[int] | None = None,
+    ):
+        super().__init__(weight, warmup_steps)
+        if not bandwidth > 0:
+            raise ValueError(ERR_BANDWIDTH.format(bandwidth=bandwidth))
+        self.bandwidth = float(bandwidth)
+        self.labels = list(labels) if labels is not None else None
+
+    def compute(self, batch: PenaltyBatch) -> Tensor:
+        scores, member = batch.class_columns(), batch.membership
+        zero = scores.sum() * 0.0
+        if self.labels is not None:
+            keep = torch.isin(batch.labels, torch.tensor(self.labels, device=batch.labels.device))
+            scores, member = scores[keep], member[keep]
+        if scores.shape[0] < 2:
+            return zero
+        kernel = torch.exp(-torch.cdist(scores, scores).pow(2) / (2 * self.bandwidth**2))  # (N, N)
+        inside = member.sum(0)  # (G,)
+        outside = scores.shape[0] - inside
+        usable = (inside > 0) & (outside > 0)
+        if not bool(usable.any()):
+            return zero
+        a = member / inside.clamp_min(1)  # (N, G): mean over the group
+        b = (1 - member) / outside.clamp_min(1)  # (N, G): mean over everyone else
+        ka, kb = kernel @ a, kernel @ b
+        mmd2 = (a * ka).sum(0) + (b * kb).sum(0) - 2 * (a * kb).sum(0)  # (G,)
+        return mmd2[usable].clamp_min(0).mean() + zero
