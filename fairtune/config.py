@@ -239,7 +239,12 @@ CONFIG_CLASSES = (ModelArguments, DataArguments, FairTrainingArguments)
 def _parser() -> HfArgumentParser:
     parser = HfArgumentParser(CONFIG_CLASSES, description="Fairness-aware fine-tuning with fairtune.")
     parser.add_argument(
-        "--config", type=str, default=None, help="YAML file of key: value pairs (any field below)."
+        "--config",
+        type=str,
+        action="append",
+        default=None,
+        help="YAML file of key: value pairs (any field below). Repeat to layer files, e.g. a base run and "
+        "a method from configs/methods/; a later file overrides an earlier one, and flags override both.",
     )
     return parser
 
@@ -257,19 +262,23 @@ def load_yaml_config(path: str) -> dict[str, Any]:
 def parse_config(
     argv: Sequence[str] | None = None,
 ) -> tuple[ModelArguments, DataArguments, FairTrainingArguments]:
-    """Parse ``--config file.yaml`` plus ``--key value`` overrides into the three argument dataclasses."""
+    """Parse ``--config file.yaml`` (repeatable, later files win) plus ``--key value`` overrides into the
+    three argument dataclasses."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
+    pre.add_argument("--config", action="append", default=None)
     known, _ = pre.parse_known_args(argv)
 
     if known.config:
-        config = load_yaml_config(known.config)
+        config: dict[str, Any] = {}
         valid = {f.name for cls in CONFIG_CLASSES for f in fields(cls) if f.init}
-        unknown = sorted(set(config) - valid)
-        if unknown:
-            raise ValueError(ERR_UNKNOWN_KEYS.format(source=known.config, keys=", ".join(unknown)))
+        for path in known.config:
+            layer = load_yaml_config(path)
+            unknown = sorted(set(layer) - valid)
+            if unknown:
+                raise ValueError(ERR_UNKNOWN_KEYS.format(source=path, keys=", ".join(unknown)))
+            config.update(layer)
         actions = {a.dest: a for a in parser._actions}
         defaults = {}
         for key, value in config.items():

@@ -14,6 +14,7 @@ from typing import Any
 
 from fairtune.config import DataArguments, FairTrainingArguments, ModelArguments, resolve_model_path
 from fairtune.data.loading import load_raw_datasets, tokenize
+from fairtune.metrics import flatten_metrics
 from fairtune.report import gap_table, group_table, write_report
 from fairtune.trainer import FairTrainer, check_output_dir
 
@@ -89,7 +90,8 @@ def build(
 def run(model_args: ModelArguments, data_args: DataArguments, args: FairTrainingArguments) -> dict[str, Any]:
     """Fine-tune, evaluate on validation and test, write model, vocabulary and fairness report.
 
-    Returns ``{"validation": metrics, "test": metrics}`` as ``Trainer.evaluate`` gives them.
+    Returns ``{"validation": metrics, "test": metrics}`` as ``Trainer.evaluate`` gives them, plus
+    ``validation_thresholds`` / ``test_thresholds`` with post-processing.
     """
     return train_and_report(*build(model_args, data_args, args), model_args, data_args)
 
@@ -103,22 +105,35 @@ def train_and_report(
     trainer.save_model()
 
     metrics = {"validation": _final_validation(trainer)}
+    splits = {"validation": trainer.fairness_results["eval"]}
     if "test" in data:
         metrics["test"] = trainer.evaluate(data["test"], metric_key_prefix="test")
+        splits["test"] = trainer.fairness_results["test"]
+    if trainer.post_processing is not None:
+        # Thresholds are fitted on validation; the report shows each split before and after them.
+        thresholds = trainer.fit_thresholds()
+        if trainer.is_world_process_zero():
+            thresholds.save(args.output_dir)
+        for split in [s for s in ("validation", "test") if s in data]:
+            _, results = trainer.predict_with_thresholds(data[split])
+            splits[f"{split} + thresholds"] = results
+            metrics[f"{split}_thresholds"] = {
+                k: v for name, r in results.items() for k, v in flatten_metrics(r, f"{split}_{name}").items()
+            }
     if trainer.is_world_process_zero():
-        splits = {"validation": trainer.fairness_results["eval"]}
-        if "test" in data:
-            splits["test"] = trainer.fairness_results["test"]
         run_info = {
             "model": model_args.model_name_or_path,
             "dataset": data_args.dataset_name or data_args.train_file,
             "group_by": args.group_by,
+            "mitigation": ", ".join(repr(m) for m in trainer.mitigations) or "none",
+            "post_processing": args.post_processing or "none",
             "train_rows": len(data["train"]),
             **{f"{s}_rows": len(data[s]) for s in ("validation", "test") if s in data},
         }
         write_report(splits, args.output_dir, run_info)
         with open(os.path.join(args.output_dir, "run_config.json"), "w") as f:
-            json.dump({"model": asdict(model_args), "data": asdict(data_args)}, f, indent=2)
+            config = {"model": asdict(model_args), "data": asdict(data_args)}
+            json.dump(config | {"training": json.loads(args.to_json_string())}, f, indent=2)
         print_summary(splits)
         print(f"\nModel, tokenizer, group vocabulary and fairness report written to {args.output_dir}/")
     return metrics

@@ -6,13 +6,14 @@ import logging
 import os
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, Trainer, default_data_collator
-from transformers.trainer_callback import ProgressCallback, TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
 
 from fairtune.config import FairTrainingArguments
 from fairtune.data.collator import FairDataCollator
@@ -26,7 +27,9 @@ from fairtune.mitigation import (
     Reweighter,
     WeightedEpochSampler,
     from_args,
+    post_processing_from_args,
 )
+from fairtune.mitigation.postprocess import GroupThresholds
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +74,15 @@ ERR_ADVERSARY_OPTIMIZER = (
     "An adversary trains in a parameter group of the trainer's optimizer; with optimizers=(...) passed in, "
     "add its head's parameters yourself or let FairTrainer create the optimizer."
 )
+ERR_POSTPROCESS_NO_VALIDATION = (
+    "post_processing {name!r} fits its thresholds on a validation set; pass eval_dataset (a single dataset) "
+    "or a dataset to fit_thresholds()."
+)
+ERR_POSTPROCESS_BINARY = (
+    "post_processing {name!r} sets thresholds on the positive-class score of a binary classifier; this "
+    "model has {num_labels} classes."
+)
+ERR_POSTPROCESS_NONE = "No post-processing configured: set post_processing or pass a GroupThresholds."
 MITIGATION_STATE_FILE = "mitigation_state.pt"
 
 
@@ -83,6 +95,13 @@ def logits_of(outputs: Any) -> torch.Tensor:
     return outputs[0]
 
 
+def compact_logs(logs: dict[str, Any] | None) -> dict[str, Any]:
+    """The keys of a log worth a terminal line: gaps and losses, not per-group stats or intervals."""
+    return {
+        k: v for k, v in (logs or {}).items() if k.count("/") < 2 and not k.endswith(("_ci_low", "_ci_high"))
+    }
+
+
 class CompactProgressCallback(ProgressCallback):
     """Console progress that prints the gaps but not the hundreds of per-group keys of a log.
 
@@ -92,12 +111,16 @@ class CompactProgressCallback(ProgressCallback):
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:
-        logs = {
-            k: v
-            for k, v in (logs or {}).items()
-            if k.count("/") < 2 and not k.endswith(("_ci_low", "_ci_high"))
-        }
-        super().on_log(args, state, control, logs=logs, **kwargs)
+        super().on_log(args, state, control, logs=compact_logs(logs), **kwargs)
+
+
+class CompactPrinterCallback(PrinterCallback):
+    """``PrinterCallback`` (used when ``disable_tqdm``) trimmed like ``CompactProgressCallback``."""
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        super().on_log(args, state, control, logs=compact_logs(logs), **kwargs)
 
 
 class _ZeroHeadGrads(TrainerCallback):
@@ -172,6 +195,13 @@ class FairTrainer(Trainer):
         if train_dataset is not None:
             train_dataset = self.prepare_dataset(train_dataset, "training")
         self._setup_mitigations(model, train_dataset, kwargs.get("optimizers"))
+        self.post_processing = post_processing_from_args(args)
+        if self.post_processing is not None:
+            name = args.post_processing
+            if self.num_labels != 2:
+                raise ValueError(ERR_POSTPROCESS_BINARY.format(name=name, num_labels=self.num_labels))
+            if eval_dataset is None or isinstance(eval_dataset, dict):
+                raise ValueError(ERR_POSTPROCESS_NO_VALIDATION.format(name=name))
         if isinstance(eval_dataset, dict):
             eval_dataset = {k: self.prepare_dataset(v, f"evaluation ({k})") for k, v in eval_dataset.items()}
         elif eval_dataset is not None:
@@ -200,6 +230,8 @@ class FairTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
         if self.pop_callback(ProgressCallback) is not None:
             self.add_callback(CompactProgressCallback)
+        if self.pop_callback(PrinterCallback) is not None:
+            self.add_callback(CompactPrinterCallback)
         if not self.label_names:  # a plain nn.Module's forward has no `labels` argument to infer it from
             self.label_names = ["labels"]
         # Running per-group loss between two training logs: sums and counts, shape (G,), on the device.
@@ -606,6 +638,64 @@ class FairTrainer(Trainer):
         if "labels" in test_dataset.column_names or "label" in test_dataset.column_names:
             test_dataset = self._ensure_prepared(test_dataset, metric_key_prefix)
         return super().predict(test_dataset, ignore_keys, metric_key_prefix)
+
+    # ----- post-processing --------------------------------------------------------------------------
+    def positive_scores(self, dataset: Any, split: str = "evaluation") -> tuple[np.ndarray, np.ndarray, Any]:
+        """Positive-class probabilities (N,), labels (N,) and the prepared dataset, for a binary model."""
+        dataset = self._ensure_prepared(dataset, split)
+        output = self.predict(dataset, metric_key_prefix=f"{split}_scores")
+        logits = torch.as_tensor(output.predictions).float()
+        return logits.softmax(-1)[:, 1].numpy(), np.asarray(output.label_ids), dataset
+
+    def fit_thresholds(
+        self, thresholds: GroupThresholds | None = None, dataset: Any = None
+    ) -> GroupThresholds:
+        """Fit group-specific thresholds (default: ``args.post_processing``) on ``dataset`` (default: the
+        validation set) for the training grouping; returns them fitted."""
+        thresholds = thresholds if thresholds is not None else self.post_processing
+        if thresholds is None:
+            raise ValueError(ERR_POSTPROCESS_NONE)
+        dataset = dataset if dataset is not None else self.eval_dataset
+        if dataset is None or isinstance(dataset, dict):
+            raise ValueError(ERR_POSTPROCESS_NO_VALIDATION.format(name=thresholds.objective))
+        scores, labels, dataset = self.positive_scores(dataset, "validation")
+        grouping = self.group_vocab.train_grouping
+        groups = np.asarray(dataset[self.train_group_column])
+        return thresholds.fit(scores, labels, groups, group_names=self.group_vocab.names(grouping))
+
+    def predict_with_thresholds(
+        self, dataset: Any, thresholds: GroupThresholds | None = None, seed: int | None = None
+    ) -> tuple[np.ndarray, dict[str, dict[str, Any]]]:
+        """Decisions (N,) of the model under fitted group thresholds, and their fairness results per
+        grouping (``GroupStats.compute()``, as in ``fairness_results``) when ``dataset`` has labels."""
+        thresholds = thresholds if thresholds is not None else self.post_processing
+        if thresholds is None:
+            raise ValueError(ERR_POSTPROCESS_NONE)
+        scores, labels, dataset = self.positive_scores(dataset, "test")
+        groups = np.asarray(dataset[self.train_group_column])
+        preds = thresholds.predict(scores, groups, seed=self.args.seed if seed is None else seed)
+        results = {}
+        if labels.ndim == 1 and len(labels) == len(preds):
+            for name, g in self.group_vocab.groupings.items():
+                stats = GroupStats(
+                    self.num_labels,
+                    len(g.values),
+                    bootstrap_samples=self.args.bootstrap_samples,
+                    seed=self.args.seed,
+                )
+                stats.update(
+                    torch.as_tensor(labels),
+                    torch.as_tensor(np.asarray(dataset[group_column(name)])),
+                    preds=torch.as_tensor(preds),
+                )
+                result = stats.compute(
+                    self.group_vocab.names(name),
+                    min_group_size=self.args.min_group_size,
+                    confidence=self.args.confidence_level,
+                )
+                result["confidence"] = self.args.confidence_level
+                results[name] = result
+        return preds, results
 
     def _ensure_prepared(self, dataset: Any, split: str) -> Any:
         if all(c in dataset.column_names for c in self.group_columns):

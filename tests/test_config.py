@@ -70,3 +70,30 @@ def test_cli_reports_config_errors_and_help_lists_every_field(tmp_path):
     ):
         assert key in helptext
     assert "intersection" in helptext  # fields carry their help text
+
+
+def test_config_files_layer_and_every_method_config_parses(tmp_path):
+    from pathlib import Path
+
+    base = Path(__file__).resolve().parent.parent / "configs"
+    method = tmp_path / "m.yaml"
+    method.write_text("penalty: equalized_odds\npenalty_weight: 0.25\noutput_dir: later\n")
+    _, _, train = parse_config(["--config", str(base / "quickstart.yaml"), "--config", str(method)])
+    assert train.penalty == "equalized_odds" and train.penalty_weight == 0.25
+    assert train.output_dir == "later" and train.group_by == "sex"  # the later file wins, the rest stays
+    _, _, train = parse_config(
+        ["--config", str(base / "quickstart.yaml"), "--config", str(method), "--penalty_weight", "2"]
+    )
+    assert train.penalty_weight == 2.0  # flags override every file
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("penalti: mindiff\n")
+    with pytest.raises(ValueError, match=f"Unknown config key\\(s\\) in {bad}: penalti"):
+        parse_config(["--config", str(base / "quickstart.yaml"), "--config", str(bad)])
+    methods = sorted((base / "methods").glob("*.yaml"))
+    assert len(methods) >= 13
+    chosen = set()
+    for path in methods:
+        _, _, train = parse_config(["--config", str(base / "quickstart.yaml"), "--config", str(path)])
+        assert train.output_dir == f"outputs/methods/{path.stem}"
+        chosen.add(train.penalty or train.reweighting or train.adversary or train.post_processing)
+    assert {"demographic_parity", "mindiff", "group_dro", "kamiran_calders", "equalized_odds"} <= chosen

@@ -457,3 +457,34 @@ def test_bad_mitigation_input_fails_before_training(tmp_path, tabular):
 def test_arguments_validate_method_names_at_construction(tmp_path):
     with pytest.raises(ValueError, match="Unknown penalty 'dp'"):
         FairTrainingArguments(output_dir=str(tmp_path), group_by="sex", penalty="dp")
+
+
+# ----- post-processing through the trainer -------------------------------------------------------------
+def test_thresholds_fitted_on_validation_cut_the_test_gap(tmp_path):
+    from fairtune.mitigation.postprocess import THRESHOLDS_FILE, GroupThresholds
+
+    trainer, plain = train_eval(tmp_path, proxy_bias, MLP, [], post_processing="demographic_parity")
+    fitted = trainer.fit_thresholds()  # on eval_dataset
+    assert fitted.objective == "demographic_parity" and fitted.num_groups == 2
+    preds, results = trainer.predict_with_thresholds(proxy_bias(1200, 2))
+    assert preds.shape == (1200,) and set(np.unique(preds)) <= {0, 1}
+    gap = "demographic_parity_difference"
+    assert results["sex"]["gaps"][gap] <= 0.3 * plain[f"eval_sex/{gap}"]
+    fitted.save(str(tmp_path))
+    assert (tmp_path / THRESHOLDS_FILE).is_file()
+    again, _ = trainer.predict_with_thresholds(proxy_bias(1200, 2), GroupThresholds.load(str(tmp_path)))
+    assert np.array_equal(again, preds)  # same seed, same decisions
+
+
+def test_threshold_method_needs_validation_data_and_a_binary_model(tmp_path, tabular):
+    from fairtune.trainer import ERR_POSTPROCESS_BINARY, ERR_POSTPROCESS_NO_VALIDATION
+
+    args = fair_args(tmp_path, post_processing="equalized_odds")
+    with pytest.raises(
+        ValueError, match=re.escape(ERR_POSTPROCESS_NO_VALIDATION.format(name="equalized_odds"))
+    ):
+        FairTrainer(MLP(), args, train_dataset=tabular)
+    message = ERR_POSTPROCESS_BINARY.format(name="equalized_odds", num_labels=3)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        FairTrainer(MLP(num_labels=3), args, train_dataset=biased_tabular(num_labels=3), eval_dataset=tabular)
+    assert not (tmp_path / "out").exists()
