@@ -117,3 +117,26 @@ def test_trainer_metrics_match(runs):
     assert "eval_loss" in keys
     mismatched = _mismatches(single, double, keys)
     assert not mismatched, f"Trainer metrics differ (1 process, 2 processes): {mismatched}"
+
+
+def test_group_dro_and_adversary_state_agree_across_processes(tmp_path):
+    torchrun = [*_torchrun(), "--nnodes", "1", "--nproc_per_node", "2"]
+    torchrun += [
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(REPO / "tests" / "dist_train.py"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [*torchrun, str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0["world_size"] == 2
+    assert rank0["q"] == pytest.approx(rank1["q"], abs=1e-7) and rank0["q"] != pytest.approx([0.5, 0.5])
+    for key in ("head", "model"):
+        for a, b in zip(rank0[key], rank1[key], strict=True):
+            assert a == pytest.approx(b, abs=1e-6), key
+    assert rank0["seen"] != rank1["seen"]  # each rank trained on its own shard
