@@ -641,11 +641,16 @@ class FairTrainer(Trainer):
 
     # ----- post-processing --------------------------------------------------------------------------
     def positive_scores(self, dataset: Any, split: str = "evaluation") -> tuple[np.ndarray, np.ndarray, Any]:
-        """Positive-class probabilities (N,), labels (N,) and the prepared dataset, for a binary model."""
-        dataset = self._ensure_prepared(dataset, split)
+        """Positive-class probabilities (N,), labels (N,) (None when unlabeled) and the dataset with its group
+        columns, for a binary model."""
+        if any(c in dataset.column_names for c in ("labels", "label")):
+            dataset = self._ensure_prepared(dataset, split)
+        elif not all(c in dataset.column_names for c in self.group_columns):
+            dataset = self.group_vocab.encode(dataset, split=split)  # unlabeled: groups only
         output = self.predict(dataset, metric_key_prefix=f"{split}_scores")
         logits = torch.as_tensor(output.predictions).float()
-        return logits.softmax(-1)[:, 1].numpy(), np.asarray(output.label_ids), dataset
+        labels = None if output.label_ids is None else np.asarray(output.label_ids)
+        return logits.softmax(-1)[:, 1].numpy(), labels, dataset
 
     def fit_thresholds(
         self, thresholds: GroupThresholds | None = None, dataset: Any = None
@@ -659,6 +664,8 @@ class FairTrainer(Trainer):
         if dataset is None or isinstance(dataset, dict):
             raise ValueError(ERR_POSTPROCESS_NO_VALIDATION.format(name=thresholds.objective))
         scores, labels, dataset = self.positive_scores(dataset, "validation")
+        if labels is None:
+            raise ValueError("fit_thresholds needs a labeled dataset (a 'label' or 'labels' column).")
         grouping = self.group_vocab.train_grouping
         groups = np.asarray(dataset[self.train_group_column])
         return thresholds.fit(scores, labels, groups, group_names=self.group_vocab.names(grouping))
@@ -675,7 +682,7 @@ class FairTrainer(Trainer):
         groups = np.asarray(dataset[self.train_group_column])
         preds = thresholds.predict(scores, groups, seed=self.args.seed if seed is None else seed)
         results = {}
-        if labels.ndim == 1 and len(labels) == len(preds):
+        if labels is not None:
             for name, g in self.group_vocab.groupings.items():
                 stats = GroupStats(
                     self.num_labels,

@@ -474,6 +474,8 @@ def test_thresholds_fitted_on_validation_cut_the_test_gap(tmp_path):
     assert (tmp_path / THRESHOLDS_FILE).is_file()
     again, _ = trainer.predict_with_thresholds(proxy_bias(1200, 2), GroupThresholds.load(str(tmp_path)))
     assert np.array_equal(again, preds)  # same seed, same decisions
+    unlabeled, results = trainer.predict_with_thresholds(proxy_bias(1200, 2).remove_columns("labels"))
+    assert np.array_equal(unlabeled, preds) and results == {}
 
 
 def test_threshold_method_needs_validation_data_and_a_binary_model(tmp_path, tabular):
