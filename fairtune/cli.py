@@ -9,7 +9,15 @@ USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, Import
 USAGE = """usage: fairtune <command> [options]
 
 commands:
-  train     fine-tune with fairness metrics from a YAML config (see `fairtune train --help`)
+  train       fine-tune with fairness metrics from a YAML config (see `fairtune train --help`)
+  audit-data  audit group representation and base rates of a config's data (`fairtune audit-data --help`)
+"""
+AUDIT_HELP = """usage: fairtune audit-data --config CONFIG.yaml [--split train] [--reference SHARES.json]
+                          [--audit_dir DIR] [any config key, e.g. --group_by sex]
+
+Audits the split's groupings (group_by and eval_group_by of the config): counts, shares, label base rates
+with Wilson intervals, smallest cells, and shares against a reference ({"sex": {"Female": 0.5, ...}}).
+Writes data_audit.json, data_audit.md and PNG plots to --audit_dir (default: <output_dir>/data_audit).
 """
 
 
@@ -27,13 +35,64 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     train_and_report(trainer, data, model_args, data_args)
 
 
+def audit_data_main(argv: Sequence[str] | None = None) -> None:
+    """Load a config's data and write its audit (JSON, Markdown, PNGs)."""
+    import argparse
+    import json
+    import os
+
+    from fairtune.audit import audit_dataset, render_audit_markdown, write_audit
+    from fairtune.config import parse_config
+    from fairtune.data.loading import load_raw_datasets
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(AUDIT_HELP)
+        return
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--split", default="train")
+    pre.add_argument("--reference", default=None)
+    pre.add_argument("--audit_dir", default=None)
+    opts, rest = pre.parse_known_args(argv)
+    try:
+        _, data_args, args = parse_config(rest)
+        reference = None
+        if opts.reference:
+            with open(opts.reference) as f:
+                reference = json.load(f)
+        raw = load_raw_datasets(data_args, seed=data_args.data_seed_for_splits)
+        if opts.split not in raw:
+            raise ValueError(f"--split {opts.split!r} is not in the data; splits: {', '.join(raw)}.")
+        groupings = list(dict.fromkeys([args.group_by, *(args.eval_group_by or [])]))
+        audit = audit_dataset(
+            raw[opts.split],
+            groupings,
+            label_column="label",
+            reference=reference,
+            min_cell_size=args.min_group_size,
+            confidence=args.confidence_level,
+            split=opts.split,
+        )
+    except USER_ERRORS as err:
+        sys.exit(f"fairtune: error: {err}")
+    out = opts.audit_dir or os.path.join(args.output_dir, "data_audit")
+    paths = write_audit(audit, out)
+    print(render_audit_markdown(audit))
+    print("\nWritten: " + ", ".join(paths))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
-    if command == "train":
-        train_main(rest)
-    else:
-        sys.exit(f"fairtune: error: unknown command {command!r}; valid commands: train\n\n{USAGE}")
+    commands = {"train": train_main, "audit-data": audit_data_main}
+    if command not in commands:
+        valid = ", ".join(commands)
+        sys.exit(f"fairtune: error: unknown command {command!r}; valid commands: {valid}\n\n{USAGE}")
+    commands[command](rest)
+
+
+if __name__ == "__main__":
+    main()

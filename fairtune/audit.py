@@ -1,0 +1,343 @@
+"""Dataset audit: who is in the data, how labels differ by group, which cells are too small to trust.
+
+``audit_dataset`` counts every grouping (an attribute or an intersection such as ``sex+race``) of a
+``datasets.Dataset``: group counts and shares, the label distribution per group with a Wilson interval on
+the base rate, the smallest group x label cells, and, when a reference distribution is given (e.g. census
+shares), how far the data's shares lie from it. ``write_audit`` saves it as JSON, Markdown and PNG plots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Sequence
+from statistics import NormalDist
+from typing import Any
+
+from fairtune.groups import (
+    ERR_MISSING_COLUMN,
+    INTERSECTION_SEPARATOR,
+    VALUE_SEPARATOR,
+    is_missing,
+    parse_grouping,
+)
+
+AUDIT_JSON = "data_audit.json"
+AUDIT_MD = "data_audit.md"
+MISSING = "<missing>"
+SMALLEST_CELLS = 5
+
+ERR_EMPTY = "Cannot audit an empty dataset: the {split} split has no rows."
+ERR_NO_GROUPINGS = "Name at least one attribute to audit (e.g. group_by='sex')."
+ERR_REFERENCE_KEY = "reference names grouping {name!r}, which is not audited; audited groupings: {valid}."
+ERR_REFERENCE_SHARES = (
+    "reference shares of {name!r} must be non-negative and sum to 1 (within 0.01); got sum {total:.4f}."
+)
+ERR_CONFIDENCE = "confidence must lie in (0, 1); got {confidence}."
+WARN_SMALL_CELL = "cell {group!r} x label {label!r} has {count} rows, fewer than min_cell_size={min_size}"
+WARN_SMALL_GROUP = "group {group!r} has {count} rows, fewer than min_cell_size={min_size}"
+WARN_MISSING = "column(s) {columns} have {count} missing value(s), audited as group {missing!r}"
+WARN_ABSENT = "group {group!r} is in the reference ({share:.3f}) but absent from the data"
+
+
+def wilson_interval(successes: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion: well-behaved for small counts and rates near 0 or 1."""
+    if total == 0:
+        return (math.nan, math.nan)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _encode_labels(dataset: Any, label_column: str) -> tuple[list[str], list[int | None]]:
+    """Label names and each row's label index (None when missing), for ids, ``ClassLabel`` or names."""
+    import datasets
+
+    raw = list(dataset[label_column])
+    feature = dataset.features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return list(feature.names), [None if is_missing(v) else int(v) for v in raw]
+    values = sorted({v for v in raw if not is_missing(v)})  # numeric order for ids, alphabetical for names
+    index = {v: i for i, v in enumerate(values)}
+    return [str(v) for v in values], [None if is_missing(v) else index[v] for v in raw]
+
+
+def audit_dataset(
+    dataset: Any,
+    groupings: Sequence[str],
+    label_column: str = "label",
+    reference: dict[str, dict[str, float]] | None = None,
+    min_cell_size: int = 30,
+    confidence: float = 0.95,
+    split: str = "training",
+) -> dict[str, Any]:
+    """Audit group representation and label base rates of ``dataset``.
+
+    Args:
+        groupings: attributes or intersections, e.g. ``["sex", "race", "sex+race"]``.
+        label_column: class ids (a ``ClassLabel`` gives names) or class names.
+        reference: ``{grouping: {group: expected share}}``, e.g. population shares to compare with.
+        min_cell_size: warn about groups and group x label cells with fewer rows.
+        confidence: coverage of the Wilson intervals on the base rates.
+
+    Returns a JSON-able dict: ``rows``, ``labels``, ``label_counts``, ``positive_label`` (binary: the
+    second label, whose share is the base rate), and per grouping ``groups`` (count, share, label_counts,
+    base_rate with interval), ``smallest_cells``, ``base_rate_gap``, ``reference`` and ``warnings``.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(ERR_CONFIDENCE.format(confidence=confidence))
+    if not groupings:
+        raise ValueError(ERR_NO_GROUPINGS)
+    if len(dataset) == 0:
+        raise ValueError(ERR_EMPTY.format(split=split))
+    specs = {INTERSECTION_SEPARATOR.join(parse_grouping(g)): parse_grouping(g) for g in groupings}
+    needed = [label_column, *dict.fromkeys(a for attrs in specs.values() for a in attrs)]
+    for column in needed:
+        if column not in dataset.column_names:
+            what = "label_column" if column == label_column else "the audited groupings"
+            raise ValueError(
+                ERR_MISSING_COLUMN.format(split=split, column=column, what=what, columns=dataset.column_names)
+            )
+    for name in reference or {}:
+        if name not in specs:
+            raise ValueError(ERR_REFERENCE_KEY.format(name=name, valid=", ".join(specs)))
+
+    labels, ys = _encode_labels(dataset, label_column)
+    columns = {a: list(dataset[a]) for a in needed[1:]}
+    binary = len(labels) == 2
+    audit: dict[str, Any] = {
+        "split": split,
+        "rows": len(dataset),
+        "labels": labels,
+        "label_counts": [ys.count(i) for i in range(len(labels))],
+        "positive_label": labels[1] if binary else None,
+        "confidence": confidence,
+        "min_cell_size": min_cell_size,
+        "groupings": {},
+    }
+    for name, attrs in specs.items():
+        audit["groupings"][name] = _audit_grouping(
+            [columns[a] for a in attrs],
+            attrs,
+            ys,
+            labels,
+            (reference or {}).get(name),
+            min_cell_size,
+            confidence,
+        )
+    return audit
+
+
+def _audit_grouping(
+    values: list[list[Any]],
+    attrs: tuple[str, ...],
+    ys: list[int | None],
+    labels: list[str],
+    reference: dict[str, float] | None,
+    min_size: int,
+    confidence: float,
+) -> dict[str, Any]:
+    missing = 0
+    keys = []
+    for row in zip(*values, strict=True):
+        if any(is_missing(v) for v in row):
+            missing += 1
+            keys.append(MISSING)
+        else:
+            keys.append(VALUE_SEPARATOR.join(str(v) for v in row))
+    n = len(keys)
+    cells = Counter(zip(keys, ys, strict=True))
+    sizes = Counter(keys)
+    warnings = []
+    if missing:
+        warnings.append(WARN_MISSING.format(columns=", ".join(attrs), count=missing, missing=MISSING))
+    groups: dict[str, Any] = {}
+    for group in sorted(sizes):
+        count = sizes[group]
+        label_counts = [cells[(group, i)] for i in range(len(labels))]
+        entry: dict[str, Any] = {"count": count, "share": count / n, "label_counts": label_counts}
+        if len(labels) == 2:
+            entry["base_rate"] = label_counts[1] / count
+            entry["base_rate_interval"] = list(wilson_interval(label_counts[1], count, confidence))
+        else:
+            entry["label_shares"] = [c / count for c in label_counts]
+        groups[group] = entry
+        if count < min_size:
+            warnings.append(WARN_SMALL_GROUP.format(group=group, count=count, min_size=min_size))
+        else:
+            for i, c in enumerate(label_counts):
+                if c < min_size:
+                    warnings.append(
+                        WARN_SMALL_CELL.format(group=group, label=labels[i], count=c, min_size=min_size)
+                    )
+    cells_list = [
+        {"group": g, "label": labels[i], "count": groups[g]["label_counts"][i]}
+        for g in groups
+        for i in range(len(labels))
+    ]
+    smallest = sorted(cells_list, key=lambda c: (c["count"], c["group"], c["label"]))[:SMALLEST_CELLS]
+    rates = [g["base_rate"] for g in groups.values() if "base_rate" in g]
+    result = {
+        "groups": groups,
+        "smallest_cells": smallest,
+        "base_rate_gap": (max(rates) - min(rates)) if len(rates) >= 2 else None,
+        "warnings": warnings,
+    }
+    if reference is not None:
+        result["reference"] = _compare_reference(groups, reference, warnings, attrs)
+    return result
+
+
+def _compare_reference(
+    groups: dict[str, Any], reference: dict[str, float], warnings: list[str], attrs: tuple[str, ...]
+) -> dict[str, Any]:
+    total = sum(reference.values())
+    if any(v < 0 for v in reference.values()) or abs(total - 1) > 0.01:
+        raise ValueError(ERR_REFERENCE_SHARES.format(name=INTERSECTION_SEPARATOR.join(attrs), total=total))
+    by_group = {}
+    for group in sorted(set(groups) | set(reference)):
+        observed = groups[group]["share"] if group in groups else 0.0
+        expected = reference.get(group)
+        if expected is not None and group not in groups:
+            warnings.append(WARN_ABSENT.format(group=group, share=expected))
+        by_group[group] = {
+            "observed_share": observed,
+            "expected_share": expected,
+            "ratio": observed / expected if expected else None,
+        }
+    compared = [v for v in by_group.values() if v["expected_share"] is not None]
+    distance = 0.5 * sum(abs(v["observed_share"] - v["expected_share"]) for v in compared)
+    return {"by_group": by_group, "total_variation_distance": distance}
+
+
+# ----- output ------------------------------------------------------------------------------------------
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def render_audit_markdown(audit: dict[str, Any]) -> str:
+    """The audit as Markdown: one section per grouping."""
+    lines = [
+        f"# Data audit ({audit['split']} split, {audit['rows']} rows)",
+        "",
+        "Labels: "
+        + ", ".join(f"`{a}` {c}" for a, c in zip(audit["labels"], audit["label_counts"], strict=True)),
+        "",
+    ]
+    level = int(round(audit["confidence"] * 100))
+    for name, g in audit["groupings"].items():
+        lines += [f"## {name}", ""]
+        binary = audit["positive_label"] is not None
+        head = "| group | count | share | " + " | ".join(f"n({lab})" for lab in audit["labels"])
+        head += f" | base rate P({audit['positive_label']}) | {level}% interval |" if binary else " |"
+        lines += [head, "|" + "---|" * (head.count("|") - 1)]
+        for group, e in g["groups"].items():
+            row = f"| {group} | {e['count']} | {e['share']:.3f} | " + " | ".join(
+                str(c) for c in e["label_counts"]
+            )
+            if binary:
+                lo, hi = e["base_rate_interval"]
+                row += f" | {e['base_rate']:.3f} | [{lo:.3f}, {hi:.3f}] |"
+            else:
+                row += " |"
+            lines.append(row)
+        lines.append("")
+        if g["base_rate_gap"] is not None:
+            lines += [f"Base-rate gap (max − min): {g['base_rate_gap']:.3f}", ""]
+        cells = ", ".join(f"{c['group']} × {c['label']}: {c['count']}" for c in g["smallest_cells"])
+        lines += [f"Smallest cells: {cells}", ""]
+        if "reference" in g:
+            ref = g["reference"]
+            lines += ["| group | observed share | reference share | ratio |", "|---|---|---|---|"]
+            for group, r in ref["by_group"].items():
+                expected, ratio = _fmt(r["expected_share"]), _fmt(r["ratio"])
+                lines.append(f"| {group} | {r['observed_share']:.3f} | {expected} | {ratio} |")
+            lines += [
+                "",
+                f"Total variation distance from the reference: {ref['total_variation_distance']:.3f}",
+                "",
+            ]
+        lines += [f"> warning: {w}" for w in g["warnings"]]
+        if g["warnings"]:
+            lines.append("")
+    return "\n".join(lines)
+
+
+def plot_audit(audit: dict[str, Any], output_dir: str) -> list[str]:
+    """One PNG per grouping: group shares (with reference marks) and base rates with intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for name, g in audit["groupings"].items():
+        groups = list(g["groups"])
+        shares = [g["groups"][k]["share"] for k in groups]
+        binary = audit["positive_label"] is not None
+        height = max(2.5, 0.35 * len(groups) + 1.2)
+        fig, axes = plt.subplots(1, 2, figsize=(11, height), sharey=True)
+        ys = range(len(groups))
+        axes[0].barh(ys, shares, color="#4C72B0")
+        if "reference" in g:
+            ref = [g["reference"]["by_group"].get(k, {}).get("expected_share") for k in groups]
+            marks = [(y, r) for y, r in zip(ys, ref, strict=True) if r is not None]
+            if marks:
+                xs, y_marks = [r for _, r in marks], [y for y, _ in marks]
+                axes[0].scatter(xs, y_marks, marker="|", s=300, color="black", label="reference", zorder=3)
+                axes[0].legend(loc="lower right")
+        axes[0].set_yticks(list(ys), groups)
+        axes[0].invert_yaxis()  # first group on top, like the tables
+        axes[0].set_xlabel("share of rows")
+        axes[0].set_title(f"{name}: representation")
+        if binary:
+            rates = [g["groups"][k]["base_rate"] for k in groups]
+            # max(0, .): an interval end can sit a rounding error beyond the rate at 0 or 1.
+            lo = [
+                max(0.0, r - g["groups"][k]["base_rate_interval"][0])
+                for k, r in zip(groups, rates, strict=True)
+            ]
+            hi = [
+                max(0.0, g["groups"][k]["base_rate_interval"][1] - r)
+                for k, r in zip(groups, rates, strict=True)
+            ]
+            axes[1].errorbar(rates, list(ys), xerr=[lo, hi], fmt="o", color="#DD8452", capsize=4)
+            overall = audit["label_counts"][1] / audit["rows"]
+            axes[1].axvline(overall, color="gray", linestyle="--", label=f"overall {overall:.3f}")
+            axes[1].legend(loc="lower right")
+            level = int(round(audit["confidence"] * 100))
+            axes[1].set_xlabel(
+                f"base rate P(label = {audit['positive_label']}) with {level}% Wilson interval"
+            )
+        else:
+            left = [0.0] * len(groups)
+            for i, lab in enumerate(audit["labels"]):
+                part = [g["groups"][k]["label_shares"][i] for k in groups]
+                axes[1].barh(list(ys), part, left=left, label=str(lab))
+                left = [a + b for a, b in zip(left, part, strict=True)]
+            axes[1].legend(loc="lower right", fontsize="small")
+            axes[1].set_xlabel("label shares")
+        axes[1].set_title(f"{name}: labels by group")
+        fig.tight_layout()
+        path = os.path.join(output_dir, f"data_audit_{name.replace(INTERSECTION_SEPARATOR, '_x_')}.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_audit(audit: dict[str, Any], output_dir: str) -> list[str]:
+    """Write ``data_audit.json``, ``data_audit.md`` and one PNG per grouping; returns the paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    paths = [os.path.join(output_dir, AUDIT_JSON), os.path.join(output_dir, AUDIT_MD)]
+    with open(paths[0], "w") as f:
+        json.dump(audit, f, indent=2, allow_nan=True)
+    with open(paths[1], "w") as f:
+        f.write(render_audit_markdown(audit))
+    return paths + plot_audit(audit, output_dir)
