@@ -145,6 +145,19 @@ class FairTrainingArguments(TrainingArguments):
             "(binary tasks): demographic_parity, equal_opportunity or equalized_odds."
         },
     )
+    gate_max: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Fairness gate of `fairtune evaluate`: upper limits, e.g. "
+            "demographic_parity_difference=0.05 or race/equalized_odds_difference=0.1."
+        },
+    )
+    gate_min: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Fairness gate lower limits, e.g. worst_group_accuracy=0.75 or overall_accuracy=0.8."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={

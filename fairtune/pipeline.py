@@ -12,9 +12,12 @@ import os
 from dataclasses import asdict
 from typing import Any
 
+from fairtune.audit import audit_dataset, write_audit
 from fairtune.config import DataArguments, FairTrainingArguments, ModelArguments, resolve_model_path
 from fairtune.data.loading import load_raw_datasets, tokenize
+from fairtune.groups import VOCAB_FILE, GroupVocabulary
 from fairtune.metrics import flatten_metrics
+from fairtune.model_card import render_model_card, write_model_card
 from fairtune.report import gap_table, group_table, write_report
 from fairtune.trainer import FairTrainer, check_output_dir
 
@@ -75,12 +78,15 @@ def build(
         raw, tokenizer, data_args.text_column, data_args.text_pair_column, data_args.max_seq_length
     )
     model = build_model(model_args, num_labels, label_names)
+    # A fine-tuned fairtune model carries its group vocabulary: reuse it so group ids mean what they meant.
+    saved_vocab = os.path.join(path, VOCAB_FILE)
     trainer = FairTrainer(
         model=model,
         args=args,
         train_dataset=data["train"],
         eval_dataset=data["validation"],
         processing_class=tokenizer,
+        group_vocab=GroupVocabulary.load(saved_vocab) if os.path.isfile(saved_vocab) else None,
     )
     if "test" in data:
         data["test"] = trainer.prepare_dataset(data["test"], "test")
@@ -131,6 +137,24 @@ def train_and_report(
             **{f"{s}_rows": len(data[s]) for s in ("validation", "test") if s in data},
         }
         write_report(splits, args.output_dir, run_info)
+        audit = audit_dataset(
+            data["train"],
+            list(dict.fromkeys([args.group_by, *(args.eval_group_by or [])])),
+            min_cell_size=args.min_group_size,
+            confidence=args.confidence_level,
+        )
+        write_audit(audit, os.path.join(args.output_dir, "data_audit"))
+        card = render_model_card(
+            model_args.model_name_or_path,
+            str(run_info["dataset"]),
+            args.group_by,
+            run_info["mitigation"],
+            run_info["post_processing"],
+            audit,
+            splits,
+            "test" if "test" in data else "validation",
+        )
+        write_model_card(args.output_dir, card)
         with open(os.path.join(args.output_dir, "run_config.json"), "w") as f:
             config = {"model": asdict(model_args), "data": asdict(data_args)}
             json.dump(config | {"training": json.loads(args.to_json_string())}, f, indent=2)

@@ -178,6 +178,14 @@ class FairTrainer(Trainer):
             raise ValueError("FairTrainer needs a model (model_init is not supported).")
         self._sort_mitigations([*from_args(args), *(mitigations or [])], model)
         self.group_vocab = group_vocab or GroupVocabulary(args.group_by, args.eval_group_by)
+        if (
+            group_vocab is not None
+            and GroupVocabulary(args.group_by).train_grouping != group_vocab.train_grouping
+        ):
+            raise ValueError(
+                f"group_by is {args.group_by!r}, but the loaded group vocabulary was trained with group_by "
+                f"{group_vocab.train_grouping!r}; use that grouping (eval_group_by may list others it has)."
+            )
         for spec in args.eval_group_by or []:
             if spec not in self.group_vocab.groupings:  # a loaded vocabulary may lack a newly asked grouping
                 raise ValueError(

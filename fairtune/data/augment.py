@@ -1,0 +1,595 @@
+"""Counterfactual data augmentation (CDA) for text, and oversampling of under-represented groups.
+
+``WordPairs`` holds identity-term pairs (he/she, king/queen, ...), ``counterfactual`` swaps them in one text,
+``augment_counterfactual`` adds or substitutes swapped copies in a ``datasets.Dataset``, and ``oversample``
+duplicates rows of small groups (or group x label cells). Both transforms are ``map`` / ``select`` calls, so
+they run at the Arrow level and keep every other column.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+WORDLIST_DIR = os.path.join(os.path.dirname(__file__), "wordlists")
+FLAG_COLUMN = "counterfactual"
+MODES = ("add", "replace")
+
+ERR_EMPTY_LIST = "The word pairs from {source} are empty; give at least one pair of terms."
+ERR_EMPTY_TERM = "Word pair {pair!r} ({where}) has an empty term."
+ERR_BAD_TERM = (
+    "Term {term!r} ({where}) is not a single word: terms match whole words (letters, digits, inner "
+    "apostrophes), so one with spaces or punctuation could never match."
+)
+ERR_PAIR_SHAPE = "Word pair {pair!r} ({where}) must hold exactly two terms."
+ERR_SELF_PAIR = "Word pair {pair!r} ({where}) maps the term {term!r} to itself."
+ERR_BOTH_SIDES = (
+    "Term {term!r} appears on both sides of the word pairs, in {first} and in {second}, so its swap is "
+    "ambiguous; each term may have one partner only."
+)
+ERR_TWO_PARTNERS = (
+    "Term {term!r} is paired with two different partners, in {first} and in {second}; each term may have "
+    "one partner only."
+)
+ERR_MALFORMED_LINE = "{path}, line {line}: expected two terms separated by a tab or a comma, got {text!r}."
+ERR_UNKNOWN_BUILTIN = "There is no built-in word list {name!r}; available: {choices}."
+ERR_UNKNOWN_COLUMN = "The dataset has no column {column!r} (named by {what}). Its columns are: {columns}."
+ERR_EMPTY_DATASET = "The dataset is empty; {what} needs rows."
+ERR_MODE = "Unknown mode {mode!r}; valid modes: {choices}."
+ERR_SHARE = "share must be in (0, 1]; got {share!r}."
+ERR_SHARE_ADD = (
+    "share={share!r} applies to mode='replace' only: mode='add' copies every example that contains a term."
+)
+ERR_NO_SWAP_VALUES = (
+    "attribute={attribute!r} needs swap_values, e.g. {{'Male': 'Female', 'Female': 'Male'}}, to update it "
+    "in the counterfactual copies."
+)
+ERR_SWAP_WITHOUT_ATTRIBUTE = "swap_values is given but attribute is not; name the column it applies to."
+ERR_FLAG_EXISTS = (
+    "The dataset already has a {column!r} column (was it augmented already?); remove or rename it first."
+)
+ERR_TARGET_SHARE = "target_share must be in (0, 1); got {share!r}."
+ERR_TARGET_IMPOSSIBLE = (
+    "target_share={share!r} for each of {count} {what} asks for {total:.0%} of the dataset in all; it must "
+    "be at most 1 / {count} = {limit:.4g}."
+)
+
+# Whole words: runs of word characters, with apostrophes (straight or curly) allowed *inside* a word, so
+# "man's", "he'll" and "O'Neil" are single tokens while quotes around a word are not part of it.
+_WORD_RE = re.compile(r"\w+(?:['’]\w+)*")
+_APOSTROPHE_RE = re.compile(r"['’]")
+_LINE_SPLIT_RE = re.compile(r"[\t,]")
+
+# Function words for the her/his rule (see ``counterfactual``). Words that often start a noun phrase after
+# a possessive ("other", "many", "most", "few", "past", "one", ...) are left out on purpose.
+DETERMINERS = frozenset(
+    "a an the this that these those my your his her its our their some any every each no all both either "
+    "neither another enough such what whatever which whichever".split()
+)
+PREPOSITIONS = frozenset(
+    "to in on at for with by from of about into onto over under after before during through across against "
+    "among between behind beside besides beyond near off out up down around along toward towards upon "
+    "within without via like than since until till per despite except".split()
+)
+CONJUNCTIONS = frozenset(
+    "and or but nor so yet because if when whenever while whereas although though unless whether that as "
+    "once where wherever how why".split()
+)
+PRONOUNS = frozenset(
+    "i me you he him she it we us they them myself yourself himself herself itself ourselves themselves "
+    "who whom whose someone somebody something anyone anybody anything everyone everybody everything "
+    "nobody nothing mine yours hers ours theirs".split()
+)
+AUXILIARIES = frozenset(
+    "am is are was were be been being has have had do does did will would shall should can could may might "
+    "must".split()
+)
+ADVERBS = frozenset(
+    "yesterday today tonight tomorrow now then again too also here there later soon already always never "
+    "often sometimes twice anyway instead either alone not really quickly immediately recently personally "
+    "directly well everywhere afterwards ever together".split()
+)
+# After an object "her" only: particles of phrasal verbs ("bring her back") and a few bare infinitives
+# ("let her go"). After "his" these are mostly nouns ("his back", "his away game"), so they stay out there.
+OBJECT_ONLY = frozenset("back away home aside apart go come know feel think see get".split())
+HER_OBJECT_NEXT = DETERMINERS | PREPOSITIONS | CONJUNCTIONS | PRONOUNS | AUXILIARIES | ADVERBS | OBJECT_ONLY
+HIS_STANDALONE_NEXT = PREPOSITIONS | CONJUNCTIONS | PRONOUNS | AUXILIARIES | ADVERBS
+
+
+class WordPairs:
+    """A bidirectional list of identity-term pairs, e.g. ``[("he", "she"), ("king", "queen")]``.
+
+    Terms are lower-cased and must be single words. Each term has exactly one partner: a term on both sides
+    (``he,she`` + ``she,it``) or with two partners (``he,she`` + ``he,it``) is an error naming both pairs.
+    Repeating a pair (in either order) is harmless, so lists can be merged freely with ``a + b`` or
+    ``a.extend(b)``.
+
+    Args:
+        pairs: two-term sequences (tuples, or lists as read from a YAML/JSON config), or a ``{a: b}`` dict.
+        source: where the pairs come from, used in error messages.
+    """
+
+    def __init__(
+        self, pairs: Iterable[Sequence[str]] | Mapping[str, str], *, source: str = "the given pairs"
+    ):
+        if isinstance(pairs, Mapping):
+            pairs = list(pairs.items())
+        self._load([(pair, f"{source} #{n}") for n, pair in enumerate(pairs, 1)], source)
+
+    def _load(self, entries: list[tuple[Any, str]], source: str) -> None:
+        self._pairs: list[tuple[str, str]] = []
+        self._origins: list[str] = []  # where each pair was read, for error messages
+        self._mapping: dict[str, str] = {}
+        self._owner: dict[str, tuple[int, int]] = {}  # term -> (index into _pairs, side 0 or 1)
+        self._sources = [source]
+        self._add(entries)
+        if not self._pairs:
+            raise ValueError(ERR_EMPTY_LIST.format(source=source))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> WordPairs:
+        """Read ``a<TAB or comma>b`` lines; blank lines and ``#`` comments are skipped."""
+        path = os.fspath(path)
+        entries: list[tuple[Any, str]] = []
+        with open(path, encoding="utf-8") as f:
+            for lineno, raw in enumerate(f, 1):
+                line = raw.split("#", 1)[0].strip()
+                if not line:
+                    continue
+                parts = _LINE_SPLIT_RE.split(line)
+                if len(parts) != 2:
+                    raise ValueError(ERR_MALFORMED_LINE.format(path=path, line=lineno, text=raw.rstrip("\n")))
+                entries.append(((parts[0], parts[1]), f"{path}:{lineno}"))
+        loaded = cls.__new__(cls)
+        loaded._load(entries, path)
+        return loaded
+
+    @classmethod
+    def builtin(cls, name: str = "gender") -> WordPairs:
+        """A list shipped in ``fairtune/data/wordlists/`` (``available()`` names them)."""
+        if name not in cls.available():
+            raise ValueError(ERR_UNKNOWN_BUILTIN.format(name=name, choices=cls.available()))
+        return cls.from_file(os.path.join(WORDLIST_DIR, f"{name}.txt"))
+
+    @staticmethod
+    def available() -> list[str]:
+        return sorted(f[: -len(".txt")] for f in os.listdir(WORDLIST_DIR) if f.endswith(".txt"))
+
+    def _add(self, entries: list[tuple[Any, str]]) -> None:
+        """Validate ``(pair, where)`` entries against the current pairs, then add them all (or none)."""
+        pairs, origins = list(self._pairs), list(self._origins)
+        mapping, owner = dict(self._mapping), dict(self._owner)
+        for pair, where in entries:
+            if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
+                raise ValueError(ERR_PAIR_SHAPE.format(pair=pair, where=where))
+            terms = []
+            for term in pair:
+                if not isinstance(term, str):
+                    raise ValueError(ERR_BAD_TERM.format(term=term, where=where))
+                term = term.strip().lower()
+                if not term:
+                    raise ValueError(ERR_EMPTY_TERM.format(pair=tuple(pair), where=where))
+                if not _WORD_RE.fullmatch(term):
+                    raise ValueError(ERR_BAD_TERM.format(term=term, where=where))
+                terms.append(term)
+            a, b = terms
+            if a == b:
+                raise ValueError(ERR_SELF_PAIR.format(pair=tuple(pair), where=where, term=a))
+            if mapping.get(a) == b:
+                continue  # the same pair again, in either order
+            for side, term in enumerate((a, b)):
+                if term in mapping:
+                    index, old_side = owner[term]
+                    first = f"{pairs[index]} ({origins[index]})"
+                    second = f"{(a, b)} ({where})"
+                    template = ERR_BOTH_SIDES if old_side != side else ERR_TWO_PARTNERS
+                    raise ValueError(template.format(term=term, first=first, second=second))
+            owner[a], owner[b] = (len(pairs), 0), (len(pairs), 1)
+            mapping[a], mapping[b] = b, a
+            pairs.append((a, b))
+            origins.append(where)
+        self._pairs, self._origins, self._mapping, self._owner = pairs, origins, mapping, owner
+
+    def extend(self, other: WordPairs | Iterable[Sequence[str]]) -> None:
+        """Add pairs in place; on an error nothing is added."""
+        if isinstance(other, WordPairs):
+            self._add(list(zip(other._pairs, other._origins, strict=True)))
+            self._sources += other._sources
+        else:
+            self._add([(pair, f"extension #{n}") for n, pair in enumerate(other, 1)])
+
+    def __add__(self, other: object) -> WordPairs:
+        if not isinstance(other, WordPairs):
+            return NotImplemented
+        merged = WordPairs.__new__(WordPairs)
+        merged._load(list(zip(self._pairs, self._origins, strict=True)), self._sources[0])
+        merged._sources = list(self._sources)
+        merged.extend(other)
+        return merged
+
+    @property
+    def mapping(self) -> Mapping[str, str]:
+        """Lower-cased term -> partner, both directions (read-only)."""
+        return MappingProxyType(self._mapping)
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        return list(self._pairs)
+
+    @property
+    def pronoun_rule(self) -> bool:
+        """Whether ``counterfactual`` applies the her/his rule: needs the pairs him/her and his/hers."""
+        return self._mapping.get("her") == "him" and self._mapping.get("his") == "hers"
+
+    def partner(self, term: str) -> str | None:
+        return self._mapping.get(term.lower())
+
+    def __contains__(self, term: object) -> bool:
+        return isinstance(term, str) and term.lower() in self._mapping
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._pairs)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WordPairs) and self._mapping == other._mapping
+
+    __hash__ = None  # type: ignore[assignment]  # mutable (extend)
+
+    def __repr__(self) -> str:
+        return f"WordPairs({len(self._pairs)} pairs from {', '.join(self._sources)})"
+
+
+def _match_case(source: str, target: str) -> str:
+    """Give ``target`` the case pattern of ``source``: lower, Capitalised or UPPER (2+ letters)."""
+    if len(source) > 1 and source.isupper():
+        return target.upper()
+    if source[:1].isupper():
+        return target[:1].upper() + target[1:]
+    return target
+
+
+def _next_word(text: str, tokens: list[re.Match[str]], i: int) -> str | None:
+    """The word after token ``i`` in the same clause, lower-cased and without an apostrophe suffix.
+
+    ``None`` at the end of the text or when anything but whitespace (punctuation, a quote, a dash) comes
+    first. A word glued to a hyphen ("well-known") is returned as ``""``: it starts a compound modifier,
+    which counts as noun-like.
+    """
+    if i + 1 >= len(tokens):
+        return None
+    nxt = tokens[i + 1]
+    if text[tokens[i].end() : nxt.start()].strip():
+        return None
+    if text[nxt.end() : nxt.end() + 1] == "-":
+        return ""
+    return _APOSTROPHE_RE.split(nxt.group().lower(), maxsplit=1)[0]
+
+
+def counterfactual(text: str, pairs: WordPairs) -> tuple[str, int]:
+    """Swap every identity term in ``text`` for its partner; return the new text and the number of swaps.
+
+    Rules:
+
+    * Whole words only. Words are runs of word characters with apostrophes allowed inside
+      (``\\w+(?:['’]\\w+)*``), so "he" never touches "the", "shepherd", "hero" or "Sheila", and "man"
+      never touches "manager"; "woman" is a word of its own.
+    * Case is kept per word: ``he -> she``, ``He -> She``, ``HE -> SHE``.
+    * A word not in the list but whose part before its first apostrophe is ("man's", "men’s", "he'll")
+      swaps that stem and keeps the suffix: ``men's -> women's``, ``he'll -> she'll``. A plural possessive
+      ("boys'") needs nothing: the trailing apostrophe is not part of the word.
+    * Everything between words (punctuation, whitespace, digits-only noise) is untouched.
+    * her/his (only when ``pairs.pronoun_rule``, i.e. the list pairs him/her and his/hers, as the built-in
+      gender list does): English "her" is both object ("saw her") and possessive ("her book"), and "his"
+      both determiner ("his car") and pronoun ("it is his"). The rule looks at the *next word* in the same
+      clause: there is none when the text ends or punctuation comes first.
+
+      - "her" -> "him" when there is no next word or it is a function word (determiner, preposition,
+        conjunction, pronoun, auxiliary, common adverb, a phrasal-verb particle, or one of a few bare
+        infinitives: ``HER_OBJECT_NEXT``); otherwise the next word is taken as a noun phrase -> "his".
+        "I saw her." / "I saw her yesterday" / "give her the book" -> him; "her book" -> his.
+      - "his" -> "hers" when there is no next word or it is in ``HIS_STANDALONE_NEXT`` ("it is his.",
+        "his is red", "his and hers"); otherwise -> "her" ("his car", "his own").
+      - "hers" -> "his" and "him" -> "her" always.
+
+      Known failures (each word is seen only with its right neighbour, no parsing): an object "her" before
+      a noun or adjective, "I gave her flowers" -> "his flowers", "they made her happy" -> "his happy",
+      "saw her leave" -> "his leave", "tell her John called" -> "his John", "I love her very much" -> "his
+      very much"; a possessive "her" before a listed word, "her every move" -> "him every move", "her back
+      hurts" -> "him back hurts"; and a possessive "his" before a listed adverb, "his now famous novel" ->
+      "hers now famous novel".
+    """
+    mapping = pairs.mapping
+    tokens = list(_WORD_RE.finditer(text))
+    out: list[str] = []
+    last = swaps = 0
+    for i, match in enumerate(tokens):
+        word = match.group()
+        stem, suffix = word, ""
+        if word.lower() not in mapping:
+            parts = _APOSTROPHE_RE.split(word, maxsplit=1)
+            if len(parts) == 1 or parts[0].lower() not in mapping:
+                continue
+            stem, suffix = parts[0], word[len(parts[0]) :]
+        key = stem.lower()
+        partner = mapping[key]
+        if not suffix and key in ("her", "his") and pairs.pronoun_rule:
+            nxt = _next_word(text, tokens, i)
+            if key == "her" and nxt is not None and nxt not in HER_OBJECT_NEXT:
+                partner = "his"
+            elif key == "his" and nxt is not None and nxt not in HIS_STANDALONE_NEXT:
+                partner = "her"
+        out += [text[last : match.start()], _match_case(stem, partner), suffix]
+        last = match.end()
+        swaps += 1
+    out.append(text[last:])
+    return "".join(out), swaps
+
+
+# Temporary columns of ``augment_counterfactual``; removed before it returns.
+_CF_TEXT, _CF_PAIR, _CF_SWAPS = "__cda_text", "__cda_text_pair", "__cda_swaps"
+
+
+def _swap_batch(
+    batch: dict[str, list[Any]], *, text_column: str, text_pair_column: str | None, pairs: WordPairs
+) -> dict[str, list[Any]]:
+    columns = [(text_column, _CF_TEXT)] + ([(text_pair_column, _CF_PAIR)] if text_pair_column else [])
+    out: dict[str, list[Any]] = {_CF_SWAPS: [0] * len(batch[text_column])}
+    for source, target in columns:
+        out[target] = []
+        for row, text in enumerate(batch[source]):
+            new, count = counterfactual(text, pairs) if text is not None else (None, 0)
+            out[target].append(new)
+            out[_CF_SWAPS][row] += count
+    return out
+
+
+def _apply_batch(
+    batch: dict[str, list[Any]],
+    indices: list[int],
+    *,
+    chosen: set[int] | None,
+    text_column: str,
+    text_pair_column: str | None,
+    attribute: str | None,
+    swap_values: dict[Any, Any] | None,
+) -> dict[str, list[Any]]:
+    """Put the swapped text (and attribute) into the rows in ``chosen`` (all rows when ``None``)."""
+    use = [chosen is None or i in chosen for i in indices]
+
+    def pick(new: list[Any], old: list[Any]) -> list[Any]:
+        return [n if u else o for u, n, o in zip(use, new, old, strict=True)]
+
+    out = {text_column: pick(batch[_CF_TEXT], batch[text_column]), FLAG_COLUMN: use}
+    if text_pair_column:
+        out[text_pair_column] = pick(batch[_CF_PAIR], batch[text_pair_column])
+    if attribute and swap_values is not None:
+        old = batch[attribute]
+        out[attribute] = pick([swap_values.get(v, v) for v in old], old)
+    return out
+
+
+def _check_column(dataset: Any, column: str, what: str) -> None:
+    if column not in dataset.column_names:
+        raise ValueError(ERR_UNKNOWN_COLUMN.format(column=column, what=what, columns=dataset.column_names))
+
+
+def augment_counterfactual(
+    dataset: Any,
+    text_column: str,
+    pairs: WordPairs,
+    attribute: str | None = None,
+    swap_values: Mapping[Any, Any] | None = None,
+    mode: str = "add",
+    share: float = 1.0,
+    seed: int = 0,
+    text_pair_column: str | None = None,
+) -> Any:
+    """Counterfactual data augmentation of a ``datasets.Dataset`` (see ``counterfactual`` for the swap).
+
+    Args:
+        dataset: the data; every column is kept.
+        text_column: the text to swap; ``text_pair_column``, if given, is swapped too (one example, one
+            count of swaps over both).
+        pairs: the identity terms, e.g. ``WordPairs.builtin("gender")``.
+        attribute: a column to update in the swapped examples through ``swap_values``, e.g. ``"sex"`` with
+            ``{"Male": "Female", "Female": "Male"}``; values not in ``swap_values`` stay and are counted.
+        mode: ``"add"`` keeps every original and appends one swapped copy of each example that contains a
+            term; ``"replace"`` swaps, in place, a random ``share`` (seeded; of the examples that contain a
+            term, rounded to the nearest count) and keeps the dataset's size and order.
+
+    Returns:
+        The dataset with a boolean ``counterfactual`` column, true for the swapped examples.
+    """
+    if mode not in MODES:
+        raise ValueError(ERR_MODE.format(mode=mode, choices=list(MODES)))
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+        raise ValueError(ERR_SHARE.format(share=share))
+    if mode == "add" and share != 1:
+        raise ValueError(ERR_SHARE_ADD.format(share=share))
+    _check_column(dataset, text_column, "text_column")
+    if text_pair_column is not None:
+        _check_column(dataset, text_pair_column, "text_pair_column")
+    if attribute is not None:
+        _check_column(dataset, attribute, "attribute")
+        if swap_values is None:
+            raise ValueError(ERR_NO_SWAP_VALUES.format(attribute=attribute))
+    elif swap_values is not None:
+        raise ValueError(ERR_SWAP_WITHOUT_ATTRIBUTE)
+    if FLAG_COLUMN in dataset.column_names:
+        raise ValueError(ERR_FLAG_EXISTS.format(column=FLAG_COLUMN))
+    if len(dataset) == 0:
+        raise ValueError(ERR_EMPTY_DATASET.format(what="counterfactual augmentation"))
+    import datasets
+
+    scored = dataset.map(
+        _swap_batch,
+        batched=True,
+        fn_kwargs={"text_column": text_column, "text_pair_column": text_pair_column, "pairs": pairs},
+        desc="Counterfactual swaps",
+    )
+    counts = list(scored[_CF_SWAPS])
+    with_terms = [i for i, c in enumerate(counts) if c]
+    if mode == "add":
+        applied = with_terms
+    else:
+        rng = np.random.default_rng(seed)
+        k = math.floor(share * len(with_terms) + 0.5)
+        applied = sorted(rng.choice(with_terms, size=k, replace=False).tolist()) if k else []
+
+    features = datasets.Features({**dataset.features, FLAG_COLUMN: datasets.Value("bool")})
+    apply_kwargs = {
+        "text_column": text_column,
+        "text_pair_column": text_pair_column,
+        "attribute": attribute,
+        "swap_values": dict(swap_values) if swap_values is not None else None,
+    }
+    temp = [c for c in (_CF_TEXT, _CF_PAIR, _CF_SWAPS) if c in scored.column_names]
+    if mode == "add":
+        originals = dataset.add_column(FLAG_COLUMN, [False] * len(dataset), feature=datasets.Value("bool"))
+        copies = scored.select(applied).map(
+            _apply_batch,
+            with_indices=True,
+            batched=True,
+            remove_columns=temp,
+            features=features,
+            fn_kwargs={"chosen": None, **apply_kwargs},
+            desc="Counterfactual copies",
+        )
+        result = datasets.concatenate_datasets([originals, copies.select_columns(originals.column_names)])
+    else:
+        result = scored.map(
+            _apply_batch,
+            with_indices=True,
+            batched=True,
+            remove_columns=temp,
+            features=features,
+            fn_kwargs={"chosen": set(applied), **apply_kwargs},
+            desc="Counterfactual replacement",
+        )
+
+    unchanged: Counter[Any] = Counter()
+    if attribute is not None and applied:
+        values = list(scored.select(applied)[attribute])
+        unchanged = Counter(v for v in values if v not in apply_kwargs["swap_values"])
+    logger.log(
+        logging.WARNING if unchanged else logging.INFO,
+        "Counterfactual augmentation (%s): %d of %d examples contain a term; %s %d with %d swaps%s.",
+        mode,
+        len(with_terms),
+        len(dataset),
+        "added copies of" if mode == "add" else "replaced",
+        len(applied),
+        sum(counts[i] for i in applied),
+        f"; {sum(unchanged.values())} {attribute!r} value(s) not in swap_values left as they were: "
+        f"{dict(unchanged)}"
+        if unchanged
+        else "",
+    )
+    return result
+
+
+def oversample(
+    dataset: Any,
+    attribute: str,
+    target_share: float | None = None,
+    by_label: bool | None = None,
+    label_column: str = "label",
+    seed: int = 0,
+) -> Any:
+    """Duplicate random rows of under-represented groups until each reaches a target size.
+
+    The cells are the values of ``attribute``, or its (value, label) combinations when ``by_label`` is true
+    (``None`` means false). Only combinations that occur are cells: one with no rows cannot be filled, and
+    is logged. Each cell below the target gets ``target - size`` rows drawn with replacement from its own
+    rows (seeded); the originals come first, in order, and the duplicates after them (one
+    ``Dataset.select``).
+
+    The target is a row count ``t`` per cell:
+
+    * ``target_share=None``: ``t`` is the largest cell's size, so all cells end equal.
+    * ``target_share=s``: the smallest ``t`` with ``t >= s * N(t)``, where ``N(t) = sum(max(size, t))`` is
+      the final size: every cell then holds at least ``s`` of the result; cells already above ``t`` are
+      left as they are. It exists only when ``s * cells <= 1``.
+    """
+    if target_share is not None and (
+        isinstance(target_share, bool)
+        or not isinstance(target_share, (int, float))
+        or not 0 < target_share < 1
+    ):
+        raise ValueError(ERR_TARGET_SHARE.format(share=target_share))
+    _check_column(dataset, attribute, "attribute")
+    if by_label:
+        _check_column(dataset, label_column, "label_column")
+    if len(dataset) == 0:
+        raise ValueError(ERR_EMPTY_DATASET.format(what="oversampling"))
+    from fairtune.groups import check_columns
+
+    columns = [attribute] + ([label_column] if by_label else [])
+    check_columns(dataset, columns, split="given", what="oversample")  # missing values would split groups
+    keys: Iterable[Any] = list(dataset[attribute])
+    if by_label:
+        keys = zip(keys, list(dataset[label_column]), strict=True)
+    cells: dict[Any, list[int]] = {}
+    for i, key in enumerate(keys):
+        cells.setdefault(key, []).append(i)  # first-appearance order: deterministic for given data
+    sizes = [len(rows) for rows in cells.values()]
+    what = f"{attribute} x {label_column} cells" if by_label else f"{attribute} groups"
+    if by_label:
+        groups = dict.fromkeys(k[0] for k in cells)
+        labels = dict.fromkeys(k[1] for k in cells)
+        empty = [(g, y) for g in groups for y in labels if (g, y) not in cells]
+        if empty:
+            logger.warning("Oversampling: %s with no rows cannot be filled: %s", what, empty)
+
+    if target_share is None:
+        target = max(sizes)
+    else:
+        if target_share * len(cells) > 1 + 1e-9:
+            raise ValueError(
+                ERR_TARGET_IMPOSSIBLE.format(
+                    share=target_share,
+                    count=len(cells),
+                    what=what,
+                    total=target_share * len(cells),
+                    limit=1 / len(cells),
+                )
+            )
+        # Fixed point of t = ceil(s * N(t)): t only grows, and stops by max(sizes) since s * cells <= 1.
+        target = math.ceil(target_share * len(dataset) - 1e-9)
+        while True:
+            new = math.ceil(target_share * sum(max(n, target) for n in sizes) - 1e-9)
+            if new <= target:
+                break
+            target = new
+
+    rng = np.random.default_rng(seed)
+    extra: list[int] = []
+    for rows in cells.values():
+        if len(rows) < target:
+            extra += rng.choice(rows, size=target - len(rows), replace=True).tolist()
+    result = dataset.select(list(range(len(dataset))) + extra)
+    logger.info(
+        "Oversampling by %s: %d -> %d rows; %d duplicates added to %d of %d cells (target %d rows each%s).",
+        what,
+        len(dataset),
+        len(result),
+        len(extra),
+        sum(n < target for n in sizes),
+        len(cells),
+        target,
+        f", share {target_share}" if target_share is not None else "",
+    )
+    return result

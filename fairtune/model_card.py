@@ -1,0 +1,112 @@
+"""The model card a training run writes: ``README.md`` in ``output_dir``, as ``push_to_hub`` would publish it.
+
+Besides the usual metadata it carries a fairness section: a summary of the training-data audit, the
+mitigation used, and the evaluation's per-group metrics with bootstrap intervals.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from fairtune.report import gap_table, group_table
+
+logger = logging.getLogger(__name__)
+
+CARD_FILE = "README.md"
+FALLBACK_FILE = "fairtune_model_card.md"
+MARKER = "<!-- written by fairtune -->"
+MINILM_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _audit_table(audit: dict[str, Any], grouping: str) -> str:
+    g = audit["groupings"][grouping]
+    binary = audit["positive_label"] is not None
+    head = "| group | rows | share |" + (
+        f" base rate P({audit['positive_label']}) | interval |" if binary else ""
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, e in g["groups"].items():
+        row = f"| {name} | {e['count']} | {e['share']:.3f} |"
+        if binary:
+            lo, hi = e["base_rate_interval"]
+            row += f" {e['base_rate']:.3f} | [{lo:.3f}, {hi:.3f}] |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def render_model_card(
+    base_model: str,
+    dataset: str,
+    group_by: str,
+    mitigation: str,
+    post_processing: str,
+    data_audit: dict[str, Any] | None,
+    splits: dict[str, dict[str, Any]],
+    eval_split: str,
+) -> str:
+    """Markdown of the card: metadata, description, fairness section."""
+    hub_base = MINILM_HUB_NAME if base_model == "minilm" else base_model
+    front = ["---", "library_name: transformers", "pipeline_tag: text-classification"]
+    if not os.path.isdir(hub_base):
+        front.append(f"base_model: {hub_base}")
+    front += ["tags:", "- fairtune", "- fairness", "---", MARKER, ""]
+    lines = [*front, "# Model card", ""]
+    lines += [
+        f"Fine-tuned from `{hub_base}` on `{dataset}` with fairtune's `FairTrainer`, which tracked every "
+        f"sample's group (`{group_by}`) during training and reports metrics per group.",
+        "",
+        "## Fairness",
+        "",
+        f"- Groups trained on: `{group_by}`",
+        f"- Mitigation during training: {mitigation}",
+        f"- Post-processing: {post_processing}",
+        "",
+    ]
+    if data_audit is not None:
+        lines += [f"### Training data ({data_audit['rows']} rows)", ""]
+        for grouping, g in data_audit["groupings"].items():
+            lines += [f"By `{grouping}`:", "", _audit_table(data_audit, grouping), ""]
+            if g["base_rate_gap"] is not None:
+                lines += [f"Base-rate gap in the data: {g['base_rate_gap']:.3f}.", ""]
+    result_splits = [s for s in splits if s.startswith(eval_split)] or list(splits)
+    for split in result_splits:
+        for grouping, result in splits[split].items():
+            lines += [
+                f"### {split} split, by `{grouping}`",
+                "",
+                group_table(result),
+                "",
+                gap_table(result),
+                "",
+            ]
+            lines += [f"> {w}" for w in result.get("warnings", [])]
+            if result.get("warnings"):
+                lines.append("")
+    lines += [
+        "### Limitations",
+        "",
+        "These numbers hold for the evaluation data above and the groups recorded in it; small groups have",
+        "wide intervals, and gaps between max and min over many small groups lean high. Groups the data does",
+        "not record are not measured. Re-audit on data from the deployment setting (`fairtune evaluate`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(output_dir: str, text: str) -> str:
+    """Write the card as ``README.md``, unless a README.md not written by fairtune is there already: then
+    beside it, as ``fairtune_model_card.md``, so nothing of the user's is overwritten."""
+    path = os.path.join(output_dir, CARD_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            ours = MARKER in f.read()
+        if not ours:
+            path = os.path.join(output_dir, FALLBACK_FILE)
+            logger.warning(
+                "%s holds a README.md not written by fairtune; the model card goes to %s", output_dir, path
+            )
+    with open(path, "w") as f:
+        f.write(text)
+    return path
