@@ -11,6 +11,7 @@ USAGE = """usage: fairtune <command> [options]
 commands:
   train       fine-tune with fairness metrics from a YAML config (see `fairtune train --help`)
   audit-data  audit group representation and base rates of a config's data (`fairtune audit-data --help`)
+  evaluate    audit a saved model: report, plots, comparison, fairness gate (`fairtune evaluate --help`)
 """
 AUDIT_HELP = """usage: fairtune audit-data --config CONFIG.yaml [--split train] [--reference SHARES.json]
                           [--audit_dir DIR] [any config key, e.g. --group_by sex]
@@ -81,13 +82,96 @@ def audit_data_main(argv: Sequence[str] | None = None) -> None:
     print("\nWritten: " + ", ".join(paths))
 
 
+EVALUATE_HELP = """usage: fairtune evaluate --model DIR --config CONFIG.yaml [--split test] [--compare DIR2]
+                        [--max NAME=VALUE ...] [--min NAME=VALUE ...] [--audit_dir DIR] [any config key]
+
+Evaluates the saved model in DIR (with its group_vocab.json) on a split of the config's data and writes
+fairness_report.json/.md, model_audit.json and plots (per-group rates with intervals, ROC, score
+distributions, calibration) to --audit_dir (default: DIR/model_audit). --compare DIR2 audits a second model
+on the same data and writes comparison.md and comparison_<grouping>.png with the change in each gap.
+--max / --min (repeatable; also the config keys gate_max / gate_min) are gate thresholds on a gap or
+overall stat, e.g. --max demographic_parity_difference=0.05 --min race/worst_group_accuracy=0.7 (a bare name
+means the group_by grouping); the command exits with status 1 and names every failed threshold.
+"""
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> None:
+    """Audit a saved model (and optionally compare it with another), then apply the fairness gate."""
+    import argparse
+    import os
+
+    from fairtune.config import parse_config
+    from fairtune.evaluation import (
+        COMPARISON_MD,
+        check_gate,
+        compare_markdown,
+        evaluate_model,
+        parse_gate,
+        write_model_audit,
+    )
+    from fairtune.report import gap_table, group_table
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(EVALUATE_HELP)
+        return
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model", required=True)
+    pre.add_argument("--split", default="test")
+    pre.add_argument("--compare", default=None)
+    pre.add_argument("--max", action="append", default=[])
+    pre.add_argument("--min", action="append", default=[])
+    pre.add_argument("--audit_dir", default=None)
+    try:
+        opts, rest = pre.parse_known_args(argv)
+    except SystemExit:
+        sys.exit(f"fairtune: error: evaluate needs --model DIR\n\n{EVALUATE_HELP}")
+    try:
+        _, data_args, args = parse_config(rest)
+        # Thresholds are checked before the (long) evaluation, so a typo fails fast.
+        thresholds = parse_gate([*args.gate_max, *opts.max], "max") + parse_gate(
+            [*args.gate_min, *opts.min], "min"
+        )
+        audit = evaluate_model(opts.model, data_args, args, opts.split)
+        other = evaluate_model(opts.compare, data_args, args, opts.split) if opts.compare else None
+        checks = check_gate(audit["results"], thresholds, audit["train_grouping"], opts.split)
+    except USER_ERRORS as err:
+        sys.exit(f"fairtune: error: {err}")
+    out = opts.audit_dir or os.path.join(opts.model, "model_audit")
+    paths = write_model_audit(audit, out)
+    for name, result in audit["results"].items():
+        print(f"\n== {opts.split}: {name} ==\n{group_table(result)}\n\n{gap_table(result)}")
+    if other is not None:
+        from fairtune import plots
+
+        text = compare_markdown(audit, other, ("model", "compare"))
+        with open(os.path.join(out, COMPARISON_MD), "w") as f:
+            f.write(text)
+        paths.append(os.path.join(out, COMPARISON_MD))
+        for name in [g for g in audit["results"] if g in other["results"]]:
+            path = os.path.join(out, f"comparison_{name.replace('+', '_x_')}.png")
+            paths.append(
+                plots.plot_comparison(
+                    audit["results"][name], other["results"][name], path, ("model", "compare")
+                )
+            )
+        print("\n" + text)
+    print("\nWritten: " + ", ".join(paths))
+    if checks:
+        print("\nFairness gate:\n" + "\n".join(f"  {c}" for c in checks))
+        failed = [c for c in checks if not c.passed]
+        if failed:
+            sys.exit(f"fairtune: fairness gate failed: {'; '.join(str(c) for c in failed)}")
+        print("fairness gate passed")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
-    commands = {"train": train_main, "audit-data": audit_data_main}
+    commands = {"train": train_main, "audit-data": audit_data_main, "evaluate": evaluate_main}
     if command not in commands:
         valid = ", ".join(commands)
         sys.exit(f"fairtune: error: unknown command {command!r}; valid commands: {valid}\n\n{USAGE}")

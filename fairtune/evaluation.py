@@ -1,0 +1,191 @@
+"""Model audit of a saved model, side-by-side comparison of two models, and a fairness gate.
+
+``fairtune evaluate --model DIR --config CONFIG.yaml [--compare DIR2] [--max gap=value] [--min stat=value]``
+evaluates a fine-tuned model (with the group vocabulary saved beside it) on a split of the config's data,
+writes the fairness report with bootstrap intervals, per-group tables and plots, and exits non-zero when a
+gate threshold fails, naming it, so a deployment pipeline can block the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from fairtune.config import DataArguments, FairTrainingArguments, ModelArguments
+from fairtune.report import HEADLINE_GAPS, write_report
+
+AUDIT_JSON = "model_audit.json"
+COMPARISON_MD = "comparison.md"
+ERR_GATE_SPEC = "Gate threshold {spec!r} must look like name=value, e.g. demographic_parity_difference=0.05."
+ERR_GATE_METRIC = (
+    "Gate threshold names {name!r}, which the {split} results do not have. Valid names: {valid}."
+)
+ERR_NOT_A_MODEL = "--model {path!r} is not a folder with a saved model (config.json)."
+ERR_SPLIT = "Split {split!r} is not in the data; splits: {splits}."
+
+
+@dataclass
+class GateCheck:
+    """One gate threshold and its outcome."""
+
+    name: str
+    bound: str  # "max" or "min"
+    limit: float
+    value: float
+
+    @property
+    def passed(self) -> bool:
+        if math.isnan(self.value):
+            return False  # an undefined gap cannot certify a model
+        return self.value <= self.limit if self.bound == "max" else self.value >= self.limit
+
+    def __str__(self) -> str:
+        sign = "<=" if self.bound == "max" else ">="
+        verdict = "ok" if self.passed else "FAILED"
+        return f"{verdict}: {self.name} = {self.value:.4f} (must be {sign} {self.limit})"
+
+
+def parse_gate(specs: list[str] | None, bound: str) -> list[tuple[str, str, float]]:
+    """``["demographic_parity_difference=0.05", "race/worst_group_accuracy=0.7"]`` -> (name, bound, limit)."""
+    out = []
+    for spec in specs or []:
+        name, sep, value = spec.partition("=")
+        try:
+            limit = float(value)
+        except ValueError:
+            limit = math.nan
+        if not sep or not name.strip() or math.isnan(limit):
+            raise ValueError(ERR_GATE_SPEC.format(spec=spec))
+        out.append((name.strip(), bound, limit))
+    return out
+
+
+def gate_values(results: dict[str, dict[str, Any]], default_grouping: str) -> dict[str, float]:
+    """Flat ``grouping/metric`` values (gaps and overall stats) a gate may name; bare names mean
+    ``default_grouping``."""
+    values = {}
+    for grouping, result in results.items():
+        flat = {**result["gaps"], **{f"overall_{k}": v for k, v in result["overall"].items()}}
+        for name, value in flat.items():
+            values[f"{grouping}/{name}"] = float(value)
+            if grouping == default_grouping:
+                values[name] = float(value)
+    return values
+
+
+def check_gate(
+    results: dict[str, dict[str, Any]],
+    thresholds: list[tuple[str, str, float]],
+    default_grouping: str,
+    split: str,
+) -> list[GateCheck]:
+    """Evaluate every threshold against the results; an unknown metric name is an error listing valid ones."""
+    values = gate_values(results, default_grouping)
+    checks = []
+    for name, bound, limit in thresholds:
+        if name not in values:
+            valid = ", ".join(sorted(k for k in values if "/" not in k))
+            raise ValueError(ERR_GATE_METRIC.format(name=name, split=split, valid=valid))
+        checks.append(GateCheck(name, bound, limit, values[name]))
+    return checks
+
+
+def evaluate_model(
+    model_dir: str, data_args: DataArguments, args: FairTrainingArguments, split: str = "test"
+) -> dict[str, Any]:
+    """Evaluate a saved model on ``split``: fairness results per grouping plus scores for the plots.
+
+    Returns ``{"split", "model", "results": {grouping: GroupStats.compute()}, "metrics": flat metrics,
+    "scores": (N, C) probabilities, "labels": (N,), "groups": {grouping: (N,) ids}, "names": {grouping:
+    names}}``.
+    """
+    from fairtune.pipeline import build
+
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise ValueError(ERR_NOT_A_MODEL.format(path=model_dir))
+    # Nothing is trained or saved, so the output_dir guard of training runs does not apply.
+    args = replace(args, overwrite_output_dir=True)
+    trainer, data = build(ModelArguments(model_name_or_path=model_dir), data_args, args)
+    if split not in data:
+        raise ValueError(ERR_SPLIT.format(split=split, splits=", ".join(data)))
+    dataset = trainer._ensure_prepared(data[split], split)
+    output = trainer.predict(dataset, metric_key_prefix=split)
+    import torch
+
+    probs = torch.as_tensor(output.predictions).float().softmax(-1).numpy()
+    vocab = trainer.group_vocab
+    return {
+        "split": split,
+        "model": model_dir,
+        "results": trainer.fairness_results[split],
+        "metrics": output.metrics,
+        "scores": probs,
+        "labels": np.asarray(output.label_ids),
+        "groups": {name: np.asarray(dataset[f"group:{name}"]) for name in vocab.groupings},
+        "names": {name: vocab.names(name) for name in vocab.groupings},
+        "train_grouping": vocab.train_grouping,
+    }
+
+
+def write_model_audit(audit: dict[str, Any], out_dir: str) -> list[str]:
+    """Fairness report (JSON + Markdown), ``model_audit.json`` and plots for every grouping."""
+    from fairtune import plots
+
+    os.makedirs(out_dir, exist_ok=True)
+    split = audit["split"]
+    write_report({split: audit["results"]}, out_dir, {"model": audit["model"], "split": split})
+    paths = [os.path.join(out_dir, "fairness_report.json"), os.path.join(out_dir, "fairness_report.md")]
+    with open(os.path.join(out_dir, AUDIT_JSON), "w") as f:
+        json.dump({k: audit[k] for k in ("split", "model", "metrics")}, f, indent=2, allow_nan=True)
+    paths.append(os.path.join(out_dir, AUDIT_JSON))
+    scores, labels = audit["scores"], audit["labels"]
+    for name, result in audit["results"].items():
+        tag = name.replace("+", "_x_")
+        groups, names = audit["groups"][name], audit["names"][name][: int(audit["groups"][name].max()) + 1]
+        paths.append(plots.plot_group_rates(result, os.path.join(out_dir, f"rates_{tag}.png"), title=name))
+        if scores.shape[1] == 2:
+            positive = scores[:, 1]
+            paths.append(
+                plots.plot_roc(positive, labels, groups, names, os.path.join(out_dir, f"roc_{tag}.png"), name)
+            )
+            paths.append(
+                plots.plot_calibration(
+                    positive,
+                    labels,
+                    groups,
+                    names,
+                    os.path.join(out_dir, f"calibration_{tag}.png"),
+                    title=name,
+                )
+            )
+            paths.append(
+                plots.plot_score_distributions(
+                    positive, labels, groups, names, os.path.join(out_dir, f"scores_{tag}.png"), title=name
+                )
+            )
+    return paths
+
+
+def compare_markdown(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str]) -> str:
+    """Gaps of two audited models side by side, with the change, per grouping both have."""
+    lines = [
+        f"# Comparison on the {a['split']} split",
+        "",
+        f"- {names[0]}: `{a['model']}`",
+        f"- {names[1]}: `{b['model']}`",
+        "",
+    ]
+    for grouping in [g for g in a["results"] if g in b["results"]]:
+        ra, rb = a["results"][grouping], b["results"][grouping]
+        lines += [f"## {grouping}", "", f"| metric | {names[0]} | {names[1]} | change |", "|---|---|---|---|"]
+        rows = [("accuracy", ra["overall"]["accuracy"], rb["overall"]["accuracy"])]
+        rows += [(g, ra["gaps"].get(g, math.nan), rb["gaps"].get(g, math.nan)) for g in HEADLINE_GAPS]
+        for metric, va, vb in rows:
+            lines.append(f"| {metric} | {va:.3f} | {vb:.3f} | {vb - va:+.3f} |")
+        lines.append("")
+    return "\n".join(lines)
