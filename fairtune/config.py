@@ -241,6 +241,38 @@ class DataArguments:
     )
     max_test_samples: int | None = field(default=None, metadata={"help": "Test on a fixed random subset."})
     max_seq_length: int = field(default=128, metadata={"help": "Truncate tokenized inputs to this length."})
+    counterfactual_augmentation: str | None = field(
+        default=None,
+        metadata={
+            "help": "Counterfactual augmentation of the training text: 'add' (append swapped copies) or "
+            "'replace' (swap a share of the examples in place)."
+        },
+    )
+    counterfactual_word_lists: list[str] = field(
+        default_factory=lambda: ["gender"],
+        metadata={"help": "Word-pair lists: built-in names (gender) or files of 'a,b' lines; merged."},
+    )
+    counterfactual_attribute: str | None = field(
+        default=None, metadata={"help": "Attribute column to update in counterfactual copies, e.g. sex."}
+    )
+    counterfactual_swap_values: list[str] = field(
+        default_factory=list,
+        metadata={"help": "How the attribute changes, as old:new pairs, e.g. 'Male:Female Female:Male'."},
+    )
+    counterfactual_share: float = field(
+        default=1.0, metadata={"help": "Share of term-bearing examples swapped in 'replace' mode."}
+    )
+    oversample_by: str | None = field(
+        default=None,
+        metadata={"help": "Duplicate training rows of under-represented values of this attribute."},
+    )
+    oversample_by_label: bool = field(
+        default=False, metadata={"help": "Oversample group x label cells instead of groups."}
+    )
+    oversample_target_share: float | None = field(
+        default=None,
+        metadata={"help": "Share each group (cell) is raised to; default: the size of the largest one."},
+    )
     data_seed_for_splits: int = field(
         default=0, metadata={"help": "Seed of carved splits and subsets (kept apart from the training seed)."}
     )

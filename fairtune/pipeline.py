@@ -14,7 +14,7 @@ from typing import Any
 
 from fairtune.audit import audit_dataset, write_audit
 from fairtune.config import DataArguments, FairTrainingArguments, ModelArguments, resolve_model_path
-from fairtune.data.loading import load_raw_datasets, tokenize
+from fairtune.data.loading import augment_training_data, load_raw_datasets, tokenize
 from fairtune.groups import VOCAB_FILE, GroupVocabulary
 from fairtune.metrics import flatten_metrics
 from fairtune.model_card import render_model_card, write_model_card
@@ -71,6 +71,7 @@ def build(
         check_output_dir(args.output_dir)
     set_seed(args.seed)
     raw = load_raw_datasets(data_args, seed=data_args.data_seed_for_splits)
+    raw["train"] = augment_training_data(raw["train"], data_args)
     num_labels, label_names = _label_info(raw["train"])
     path = resolve_model_path(model_args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -111,3 +111,37 @@ def test_dataset_name_may_be_a_local_folder(tmp_path):
     raw = load_raw_datasets(DataArguments(dataset_name=str(folder)))
     assert sorted(raw) == ["test", "train", "validation"] and len(raw["test"]) == 10
     assert len(raw["train"]) + len(raw["validation"]) == 30
+
+
+def test_training_data_augmentation_from_config_options(tmp_path):
+    from fairtune.data.loading import augment_training_data
+
+    train = datasets.Dataset.from_dict(
+        {
+            "text": ["He is a nurse.", "She is an engineer.", "The shepherd works.", "His income is high."],
+            "label": [0, 1, 0, 1],
+            "sex": ["Male", "Female", "Male", "Male"],
+        }
+    )
+    args = DataArguments(
+        counterfactual_augmentation="add",
+        counterfactual_attribute="sex",
+        counterfactual_swap_values=["Male:Female", "Female:Male"],
+    )
+    out = augment_training_data(train, args)
+    copies = out.filter(lambda r: r["counterfactual"])
+    assert len(out) == 7 and len(copies) == 3  # the shepherd has no identity term
+    assert list(copies["text"]) == ["She is a nurse.", "He is an engineer.", "Her income is high."]
+    assert list(copies["sex"]) == ["Female", "Male", "Female"]
+    balanced = augment_training_data(train, DataArguments(oversample_by="sex"))
+    assert list(balanced["sex"]).count("Female") == list(balanced["sex"]).count("Male") == 3
+    words = tmp_path / "names.txt"
+    words.write_text("john,mary\n")
+    args = DataArguments(
+        counterfactual_augmentation="replace", counterfactual_word_lists=["gender", str(words)]
+    )
+    assert augment_training_data(train, args)["text"][0] == "She is a nurse."
+    with pytest.raises(ValueError, match="old:new"):
+        augment_training_data(
+            train, DataArguments(counterfactual_augmentation="add", counterfactual_swap_values=["Male"])
+        )

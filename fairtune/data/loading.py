@@ -96,6 +96,44 @@ def load_raw_datasets(args: DataArguments, seed: int = 0) -> Any:
     return encode_labels(raw, args.label_column)
 
 
+def augment_training_data(train: Any, args: DataArguments) -> Any:
+    """Counterfactual augmentation and oversampling of the training split, as the data arguments ask.
+
+    Only training data changes: evaluation must measure the model on data as it comes.
+    """
+    from fairtune.data.augment import WordPairs, augment_counterfactual, oversample
+
+    if args.counterfactual_augmentation:
+        pairs = None
+        for name in args.counterfactual_word_lists:
+            words = WordPairs.from_file(name) if os.path.isfile(name) else WordPairs.builtin(name)
+            pairs = words if pairs is None else pairs + words
+        swap = {}
+        for item in args.counterfactual_swap_values:
+            old, sep, new = item.partition(":")
+            if not sep or not old or not new:
+                raise ValueError(f"counterfactual_swap_values entries look like old:new; got {item!r}.")
+            swap[old] = new
+        train = augment_counterfactual(
+            train,
+            args.text_column,
+            pairs,
+            attribute=args.counterfactual_attribute,
+            swap_values=swap or None,
+            mode=args.counterfactual_augmentation,
+            share=args.counterfactual_share,
+            text_pair_column=args.text_pair_column,
+        )
+    if args.oversample_by:
+        train = oversample(
+            train,
+            args.oversample_by,
+            target_share=args.oversample_target_share,
+            by_label=args.oversample_by_label,
+        )
+    return train
+
+
 def encode_labels(raw: Any, column: str) -> Any:
     """Rename the label column to ``label``; string labels become sorted ids (a ClassLabel)."""
     import datasets
