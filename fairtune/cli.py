@@ -161,7 +161,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
         print("\nFairness gate:\n" + "\n".join(f"  {c}" for c in checks))
         failed = [c for c in checks if not c.passed]
         if failed:
-            sys.exit(f"fairtune: fairness gate failed: {'; '.join(str(c) for c in failed)}")
+            sys.exit(f"fairtune: fairness gate failed: {'; '.join(c.describe() for c in failed)}")
         print("fairness gate passed")
 
 

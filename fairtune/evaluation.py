@@ -44,10 +44,12 @@ class GateCheck:
             return False  # an undefined gap cannot certify a model
         return self.value <= self.limit if self.bound == "max" else self.value >= self.limit
 
-    def __str__(self) -> str:
+    def describe(self) -> str:
         sign = "<=" if self.bound == "max" else ">="
-        verdict = "ok" if self.passed else "FAILED"
-        return f"{verdict}: {self.name} = {self.value:.4f} (must be {sign} {self.limit})"
+        return f"{self.name} = {self.value:.4f} (must be {sign} {self.limit})"
+
+    def __str__(self) -> str:
+        return f"{'ok' if self.passed else 'FAILED'}: {self.describe()}"
 
 
 def parse_gate(specs: list[str] | None, bound: str) -> list[tuple[str, str, float]]:
