@@ -1,0 +1,289 @@
+"""Benchmark runner: every (dataset, method, hyper-parameter, seed) of a suite through ``FairTrainer``.
+
+    python benchmarks/run.py --suite benchmarks/suites/cpu_tabular.yaml [--limit N]
+
+A suite (YAML) names its results file, seeds, datasets and methods; see ``benchmarks/suites/``. Each run
+appends one JSON line to the results file with its configuration, seed, test metrics, wall time and machine.
+Runs already in the file are skipped, so a killed suite resumes where it stopped. On the tabular datasets
+the suite may add fairlearn peers (``ExponentiatedGradient``, ``ThresholdOptimizer``) on the same split and
+features.
+
+Suite keys:
+  name, results (path of the JSONL file), seeds (list)
+  datasets: {key: {kind: tabular, name: adult|compas, epochs, batch_size, learning_rate, hidden}
+             | {kind: text, config: configs/quickstart.yaml, overrides: {key: value}}}
+  methods: [{name, args: {FairTrainingArguments fields}, sweep: {field: [values]}}]
+  peers: [expgrad_dp, expgrad_eo, threshold_optimizer_dp, threshold_optimizer_eo]   (tabular only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+HEADLINE = ("accuracy", "demographic_parity_difference", "equalized_odds_difference", "worst_group_accuracy")
+PEERS = ("expgrad_dp", "expgrad_eo", "threshold_optimizer_dp", "threshold_optimizer_eo")
+ERR_SUITE_KEY = "Suite {path}: missing key {key!r}."
+ERR_DATASET_KIND = "Suite dataset {key!r}: kind must be 'tabular' or 'text'; got {kind!r}."
+ERR_PEER = "Unknown peer {name!r}; valid peers: {valid}."
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpus"] = torch.cuda.device_count()
+    return info
+
+
+def load_suite(path: str) -> dict[str, Any]:
+    with open(path) as f:
+        suite = yaml.safe_load(f)
+    for key in ("name", "results", "seeds", "datasets", "methods"):
+        if key not in suite:
+            raise ValueError(ERR_SUITE_KEY.format(path=path, key=key))
+    for key, spec in suite["datasets"].items():
+        if spec.get("kind") not in ("tabular", "text"):
+            raise ValueError(ERR_DATASET_KIND.format(key=key, kind=spec.get("kind")))
+    for peer in suite.get("peers", []):
+        if peer not in PEERS:
+            raise ValueError(ERR_PEER.format(name=peer, valid=", ".join(PEERS)))
+    return suite
+
+
+def expand(suite: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every run of the suite: {dataset, method, params, seed}, methods' sweeps expanded."""
+    runs = []
+    for dataset, spec in suite["datasets"].items():
+        variants = []
+        for method in suite["methods"]:
+            sweep = method.get("sweep", {})
+            for values in itertools.product(*sweep.values()) if sweep else [()]:
+                params = {**method.get("args", {}), **dict(zip(sweep, values, strict=True))}
+                variants.append((method["name"], params))
+        if spec["kind"] == "tabular":
+            variants += [(peer, {}) for peer in suite.get("peers", [])]
+        for (name, params), seed in itertools.product(variants, suite["seeds"]):
+            runs.append({"dataset": dataset, "method": name, "params": params, "seed": seed})
+    return runs
+
+
+def run_key(run: dict[str, Any]) -> str:
+    return json.dumps([run["dataset"], run["method"], run["params"], run["seed"]], sort_keys=True)
+
+
+def done_keys(path: str) -> set[str]:
+    if not os.path.isfile(path):
+        return set()
+    with open(path) as f:
+        return {run_key(json.loads(line)) for line in f if line.strip()}
+
+
+# ----- one run ----------------------------------------------------------------------------------------
+def _headline(result: dict[str, Any]) -> dict[str, float]:
+    values = {"accuracy": result["overall"]["accuracy"], **result["gaps"]}
+    return {k: float(values[k]) for k in HEADLINE}
+
+
+class MLP:
+    """Factory of the tabular model: features (N, D) -> logits (N, 2), one hidden ReLU layer."""
+
+    @staticmethod
+    def build(d_in: int, hidden: int) -> Any:
+        from torch import nn
+
+        class TabularMLP(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+
+            def forward(self, features):  # (N, D) -> (N, 2)
+                return self.net(features)
+
+        return TabularMLP()
+
+
+def run_tabular(spec: dict[str, Any], run: dict[str, Any], workdir: str) -> dict[str, float]:
+    import torch
+
+    from fairtune import FairTrainer, FairTrainingArguments
+    from fairtune.data.tabular import load_tabular
+
+    data = load_tabular(spec["name"], seed=run["seed"])
+    attribute = spec.get("group_by", "sex")
+    if run["method"] in PEERS:
+        return run_peer(run["method"], data, attribute, run["seed"])
+    torch.manual_seed(run["seed"])
+    model = MLP.build(len(data["train"][0]["features"]), spec.get("hidden", 64))
+    params = dict(run["params"])
+    args = FairTrainingArguments(
+        output_dir=workdir,
+        group_by=attribute,
+        num_train_epochs=spec.get("epochs", 10),
+        per_device_train_batch_size=spec.get("batch_size", 256),
+        per_device_eval_batch_size=1024,
+        learning_rate=spec.get("learning_rate", 1e-3),
+        max_steps=spec.get("max_steps", -1),
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10_000,
+        disable_tqdm=True,
+        bootstrap_samples=0,
+        seed=run["seed"],
+        overwrite_output_dir=True,
+        **params,
+    )
+    trainer = FairTrainer(model, args, train_dataset=data["train"], eval_dataset=data["validation"])
+    quiet(trainer)
+    trainer.train()
+    return _evaluate(trainer, data["test"], attribute)
+
+
+def run_text(spec: dict[str, Any], run: dict[str, Any], workdir: str) -> dict[str, float]:
+    from fairtune.config import parse_config
+    from fairtune.pipeline import build
+
+    argv = ["--config", str(REPO / spec["config"]), "--output_dir", workdir, "--overwrite_output_dir", "true"]
+    settings = {**spec.get("overrides", {}), **run["params"], "seed": run["seed"], "disable_tqdm": True}
+    settings.setdefault("bootstrap_samples", 0)
+    for key, value in settings.items():
+        values = value if isinstance(value, list) else [value]
+        argv += [f"--{key}", *[str(v) for v in values]]
+    model_args, data_args, args = parse_config(argv)
+    trainer, data = build(model_args, data_args, args)
+    quiet(trainer)
+    trainer.train()
+    return _evaluate(trainer, data["test"], args.group_by)
+
+
+def quiet(trainer: Any) -> None:
+    """No per-log printing: the suite's progress bar is the terminal view; rows hold the numbers."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.pop_callback(PrinterCallback)
+
+
+def _evaluate(trainer: Any, test: Any, attribute: str) -> dict[str, float]:
+    trainer.evaluate(test, metric_key_prefix="test")
+    grouping = trainer.group_vocab.train_grouping
+    metrics = _headline(trainer.fairness_results["test"][grouping])
+    if trainer.post_processing is not None:
+        trainer.fit_thresholds()
+        _, results = trainer.predict_with_thresholds(test)
+        metrics = _headline(results[grouping])
+    return metrics
+
+
+def run_peer(name: str, data: Any, attribute: str, seed: int) -> dict[str, float]:
+    """fairlearn's reductions and post-processing on the same split and features (logistic regression)."""
+    import numpy as np
+    from fairlearn.postprocessing import ThresholdOptimizer
+    from fairlearn.reductions import DemographicParity, EqualizedOdds, ExponentiatedGradient
+    from sklearn.linear_model import LogisticRegression
+
+    from fairtune.metrics import GroupStats
+
+    def column(split: str, name: str) -> np.ndarray:
+        return np.asarray(list(data[split][name]))
+
+    x_train, y_train, s_train = (column("train", c) for c in ("features", "label", attribute))
+    x_test, y_test, s_test = (column("test", c) for c in ("features", "label", attribute))
+    constraint = DemographicParity() if name.endswith("_dp") else EqualizedOdds()
+    base = LogisticRegression(max_iter=1000)
+    if name.startswith("expgrad"):
+        model = ExponentiatedGradient(base, constraints=constraint)
+        model.fit(x_train, y_train, sensitive_features=s_train)
+        preds = model.predict(x_test, random_state=seed)
+    else:
+        kind = "demographic_parity" if name.endswith("_dp") else "equalized_odds"
+        model = ThresholdOptimizer(estimator=base, constraints=kind, predict_method="predict_proba")
+        model.fit(x_train, y_train, sensitive_features=s_train)
+        preds = model.predict(x_test, sensitive_features=s_test, random_state=seed)
+    names = sorted(set(s_test))
+    ids = np.array([names.index(v) for v in s_test])
+    import torch
+
+    stats = GroupStats(2, len(names), bootstrap_samples=0)
+    stats.update(
+        torch.as_tensor(y_test), torch.as_tensor(ids), preds=torch.as_tensor(np.asarray(preds, dtype=int))
+    )
+    return _headline(stats.compute(names))
+
+
+# ----- the suite --------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--suite", required=True)
+    parser.add_argument("--limit", type=int, default=None, help="run at most this many pending runs")
+    parser.add_argument("--results", default=None, help="results file (default: the suite's)")
+    opts = parser.parse_args(argv)
+    import logging
+
+    from tqdm.auto import tqdm
+
+    logging.getLogger("fairtune").setLevel(logging.ERROR)  # small-group warnings would drown the bar
+    suite = load_suite(opts.suite)
+    results = opts.results or suite["results"]
+    results = results if os.path.isabs(results) else str(REPO / results)
+    os.makedirs(os.path.dirname(results), exist_ok=True)
+    done = done_keys(results)
+    pending = [r for r in expand(suite) if run_key(r) not in done][: opts.limit]
+    from accelerate import PartialState
+
+    # Under `accelerate launch` every process runs every run (Trainer spreads each over the processes);
+    # only the main process reports and appends rows.
+    state = PartialState()
+    if state.is_main_process:
+        print(f"{suite['name']}: {len(pending)} run(s) to do, {len(done)} already in {results}")
+    info = machine() | {"processes": state.num_processes}
+    for run in tqdm(pending, desc=suite["name"], unit="run", disable=not state.is_main_process):
+        spec = suite["datasets"][run["dataset"]]
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as workdir:
+            runner = run_tabular if spec["kind"] == "tabular" else run_text
+            metrics = runner(spec, run, workdir)
+        row = {
+            **run,
+            **metrics,
+            "suite": suite["name"],
+            "wall_time_s": round(time.perf_counter() - start, 2),
+            "machine": info,
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        if state.is_main_process:
+            with open(results, "a") as f:  # one line per run, written at once: a kill loses at most one run
+                f.write(json.dumps(row) + "\n")
+        state.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main()

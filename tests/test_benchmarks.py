@@ -1,0 +1,54 @@
+"""The benchmark harness cannot rot: CI runs the tiny suite through the runner and the report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_suite_runs_resumes_and_reports(tmp_path):
+    run, report = _load("run"), _load("report")
+    results = tmp_path / "ci_tiny.jsonl"
+    suite = str(ROOT / "benchmarks" / "suites" / "ci_tiny.yaml")
+    run.main(["--suite", suite, "--results", str(results), "--limit", "1"])
+    assert len(results.read_text().splitlines()) == 1  # a run killed here resumes from this row
+    run.main(["--suite", suite, "--results", str(results)])
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["method"] for r in rows] == ["erm", "demographic_parity"]
+    for row in rows:
+        assert 0 <= row["demographic_parity_difference"] <= 1 and 0 < row["accuracy"] <= 1
+        assert row["seed"] == 0 and row["wall_time_s"] > 0 and row["machine"]["cores"] >= 1
+    run.main(["--suite", suite, "--results", str(results)])
+    assert len(results.read_text().splitlines()) == 2  # nothing repeated
+    report.main(["--results", str(results), "--out", str(tmp_path / "report")])
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "| erm | 1 |" in summary and "FFB ERM, published" in summary
+    for tag in ("dp", "eo"):
+        png = tmp_path / "report" / f"pareto_compas_tabular_{tag}.png"
+        assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pareto_front_and_suite_errors(tmp_path):
+    run, report = _load("run"), _load("report")
+    points = [(0.1, 0.8), (0.2, 0.85), (0.15, 0.7), (0.05, 0.6), (0.3, 0.85)]
+    assert report.pareto_front(points) == [3, 0, 1]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nresults: r.jsonl\nseeds: [0]\ndatasets: {d: {kind: video}}\nmethods: []\n")
+    with pytest.raises(ValueError, match="kind must be 'tabular' or 'text'"):
+        run.load_suite(str(bad))
+    runs = run.expand(run.load_suite(str(ROOT / "benchmarks" / "suites" / "cpu_tabular.yaml")))
+    assert len({run.run_key(r) for r in runs}) == len(runs) > 100
