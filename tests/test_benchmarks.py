@@ -51,4 +51,4 @@ def test_pareto_front_and_suite_errors(tmp_path):
     with pytest.raises(ValueError, match="kind must be 'tabular' or 'text'"):
         run.load_suite(str(bad))
     runs = run.expand(run.load_suite(str(ROOT / "benchmarks" / "suites" / "cpu_tabular.yaml")))
-    assert len({run.run_key(r) for r in runs}) == len(runs) > 100
+    assert len({run.run_key(r) for r in runs}) == len(runs) >= 90
