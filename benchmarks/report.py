@@ -20,11 +20,18 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-METRICS = ("accuracy", "demographic_parity_difference", "equalized_odds_difference", "worst_group_accuracy")
+METRICS = (
+    "accuracy",
+    "demographic_parity_difference",
+    "equalized_odds_difference",
+    "equalized_odds_sum",
+    "worst_group_accuracy",
+)
 SHORT = {
     "accuracy": "accuracy",
     "demographic_parity_difference": "DP diff",
     "equalized_odds_difference": "EO diff",
+    "equalized_odds_sum": "EO sum (FFB's EOdd)",
     "worst_group_accuracy": "worst-group acc",
 }
 
@@ -56,7 +63,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
         for name, runs in configs.items():
             entry: dict[str, Any] = {"seeds": len(runs), "method": runs[0]["method"]}
             for metric in METRICS:
-                values = [r[metric] for r in runs if not math.isnan(r[metric])]
+                values = [r[metric] for r in runs if metric in r and not math.isnan(r[metric])]
                 mean = statistics.fmean(values) if values else math.nan
                 std = statistics.stdev(values) if len(values) > 1 else 0.0
                 entry[metric] = (mean, std)

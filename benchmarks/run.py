@@ -10,7 +10,8 @@ features.
 
 Suite keys:
   name, results (path of the JSONL file), seeds (list)
-  datasets: {key: {kind: tabular, name: adult|compas, epochs, batch_size, learning_rate, hidden}
+  datasets: {key: {kind: tabular, name: adult|compas, group_by, epochs, batch_size, learning_rate, hidden,
+                   max_steps, training: {any FairTrainingArguments field, e.g. bf16: true}}
              | {kind: text, config: configs/quickstart.yaml, overrides: {key: value}}}
   methods: [{name, args: {FairTrainingArguments fields}, sweep: {field: [values]}}]
   peers: [expgrad_dp, expgrad_eo, threshold_optimizer_dp, threshold_optimizer_eo]   (tabular only)
@@ -22,6 +23,7 @@ import argparse
 import datetime
 import itertools
 import json
+import math
 import os
 import platform
 import sys
@@ -109,7 +111,20 @@ def done_keys(path: str) -> set[str]:
 # ----- one run ----------------------------------------------------------------------------------------
 def _headline(result: dict[str, Any]) -> dict[str, float]:
     values = {"accuracy": result["overall"]["accuracy"], **result["gaps"]}
-    return {k: float(values[k]) for k in HEADLINE}
+    metrics = {k: float(values[k]) for k in HEADLINE}
+    metrics["equalized_odds_sum"] = equalized_odds_sum(result)
+    return metrics
+
+
+def equalized_odds_sum(result: dict[str, Any]) -> float:
+    """FFB's EOdd: |TPR gap| + |FPR gap| (max - min over groups), where fairlearn takes the larger one."""
+    total = 0.0
+    for rate in ("tpr", "fpr"):
+        values = [g[rate] for g in result["by_group"].values() if rate in g and not math.isnan(g[rate])]
+        if len(values) < 2:
+            return math.nan
+        total += max(values) - min(values)
+    return total
 
 
 class MLP:
@@ -158,7 +173,7 @@ def run_tabular(spec: dict[str, Any], run: dict[str, Any], workdir: str) -> dict
         bootstrap_samples=0,
         seed=run["seed"],
         overwrite_output_dir=True,
-        **params,
+        **{**spec.get("training", {}), **params},  # e.g. training: {bf16: true} on a GPU
     )
     trainer = FairTrainer(model, args, train_dataset=data["train"], eval_dataset=data["validation"])
     quiet(trainer)
