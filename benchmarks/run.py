@@ -263,9 +263,18 @@ def main(argv: list[str] | None = None) -> None:
     opts = parser.parse_args(argv)
     import logging
 
+    library_logger = logging.getLogger("fairtune")
+    level = library_logger.level
+    library_logger.setLevel(logging.ERROR)  # small-group warnings would drown the progress bar
+    try:
+        run_suite(opts)
+    finally:
+        library_logger.setLevel(level)
+
+
+def run_suite(opts: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
-    logging.getLogger("fairtune").setLevel(logging.ERROR)  # small-group warnings would drown the bar
     suite = load_suite(opts.suite)
     results = opts.results or suite["results"]
     results = results if os.path.isabs(results) else str(REPO / results)
