@@ -101,17 +101,39 @@ def row(name: str, seconds: float | None) -> dict:
     return {"method": name, "seconds": seconds and round(seconds, 1), **{k: values[k] for k, _ in COLUMNS}}
 
 
+SETTINGS = (
+    "penalty_weight",
+    "adversary_weight",
+    "group_dro_eta",
+    "reweighting_mode",
+    "counterfactual_augmentation",
+)
+
+
+def settings(name: str) -> str:
+    """The method's key settings from its config, e.g. ``penalty_weight=0.3``."""
+    import yaml
+
+    config = yaml.safe_load(method_config(name).read_text())
+    return ", ".join(f"{k}={config[k]}" for k in SETTINGS if k in config)
+
+
 def markdown(rows: list[dict]) -> str:
     base = next(r for r in rows if r["method"] == "none")
-    head = (
-        "| method | " + " | ".join(label for _, label in COLUMNS) + " | DP diff vs none | train wall time |"
-    )
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
+    head = "| method | settings | accuracy | DP diff | EO diff | worst-group acc |"
+    lines = [head, "|---|---|---|---|---|---|"]
     for r in rows:
-        cells = [f"{r[k]:.3f}" for k, _ in COLUMNS]
-        change = (r["demographic_parity_difference"] / base["demographic_parity_difference"] - 1) * 100
-        wall = f"{r['seconds']:.0f} s" if r["seconds"] else "none's model, thresholds fitted on validation"
-        lines.append(f"| {r['method']} | " + " | ".join(cells) + f" | {change:+.0f}% | {wall} |")
+        acc = f"{r['accuracy']:.3f}"
+        dp, eo = r["demographic_parity_difference"], r["equalized_odds_difference"]
+        if r["method"] != "none":
+            acc += f" ({(r['accuracy'] - base['accuracy']) * 100:+.1f} pt)"
+            dp_change = (dp / base["demographic_parity_difference"] - 1) * 100
+            eo_change = (eo / base["equalized_odds_difference"] - 1) * 100
+            cells = [acc, f"{dp:.3f} ({dp_change:+.0f}%)", f"{eo:.3f} ({eo_change:+.0f}%)"]
+        else:
+            cells = [acc, f"{dp:.3f}", f"{eo:.3f}"]
+        wga = f"{r['worst_group_accuracy']:.3f}"
+        lines.append(f"| {r['method']} | {settings(r['method'])} | " + " | ".join(cells) + f" | {wga} |")
     return "\n".join(lines)
 
 
