@@ -219,6 +219,7 @@ def _evaluate(trainer: Any, test: Any, attribute: str) -> dict[str, float]:
 def run_peer(name: str, data: Any, attribute: str, seed: int) -> dict[str, float]:
     """fairlearn's reductions and post-processing on the same split and features (logistic regression)."""
     import numpy as np
+    import torch
     from fairlearn.postprocessing import ThresholdOptimizer
     from fairlearn.reductions import DemographicParity, EqualizedOdds, ExponentiatedGradient
     from sklearn.linear_model import LogisticRegression
@@ -243,8 +244,6 @@ def run_peer(name: str, data: Any, attribute: str, seed: int) -> dict[str, float
         preds = model.predict(x_test, sensitive_features=s_test, random_state=seed)
     names = sorted(set(s_test))
     ids = np.array([names.index(v) for v in s_test])
-    import torch
-
     stats = GroupStats(2, len(names), bootstrap_samples=0)
     stats.update(
         torch.as_tensor(y_test), torch.as_tensor(ids), preds=torch.as_tensor(np.asarray(preds, dtype=int))

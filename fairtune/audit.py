@@ -221,6 +221,28 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def audit_table(audit: dict[str, Any], grouping: str, label_counts: bool = True) -> str:
+    """Markdown table of one grouping: rows and share per group, optionally the count of each label, and
+    (binary labels) the base rate with its Wilson interval."""
+    binary = audit["positive_label"] is not None
+    level = int(round(audit["confidence"] * 100))
+    head = "| group | count | share |"
+    if label_counts:
+        head += "".join(f" n({lab}) |" for lab in audit["labels"])
+    if binary:
+        head += f" base rate P({audit['positive_label']}) | {level}% interval |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for group, e in audit["groupings"][grouping]["groups"].items():
+        row = f"| {group} | {e['count']} | {e['share']:.3f} |"
+        if label_counts:
+            row += "".join(f" {c} |" for c in e["label_counts"])
+        if binary:
+            lo, hi = e["base_rate_interval"]
+            row += f" {e['base_rate']:.3f} | [{lo:.3f}, {hi:.3f}] |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
 def render_audit_markdown(audit: dict[str, Any]) -> str:
     """The audit as Markdown: one section per grouping."""
     lines = [
@@ -230,24 +252,8 @@ def render_audit_markdown(audit: dict[str, Any]) -> str:
         + ", ".join(f"`{a}` {c}" for a, c in zip(audit["labels"], audit["label_counts"], strict=True)),
         "",
     ]
-    level = int(round(audit["confidence"] * 100))
     for name, g in audit["groupings"].items():
-        lines += [f"## {name}", ""]
-        binary = audit["positive_label"] is not None
-        head = "| group | count | share | " + " | ".join(f"n({lab})" for lab in audit["labels"])
-        head += f" | base rate P({audit['positive_label']}) | {level}% interval |" if binary else " |"
-        lines += [head, "|" + "---|" * (head.count("|") - 1)]
-        for group, e in g["groups"].items():
-            row = f"| {group} | {e['count']} | {e['share']:.3f} | " + " | ".join(
-                str(c) for c in e["label_counts"]
-            )
-            if binary:
-                lo, hi = e["base_rate_interval"]
-                row += f" | {e['base_rate']:.3f} | [{lo:.3f}, {hi:.3f}] |"
-            else:
-                row += " |"
-            lines.append(row)
-        lines.append("")
+        lines += [f"## {name}", "", audit_table(audit, name), ""]
         if g["base_rate_gap"] is not None:
             lines += [f"Base-rate gap (max − min): {g['base_rate_gap']:.3f}", ""]
         cells = ", ".join(f"{c['group']} × {c['label']}: {c['count']}" for c in g["smallest_cells"])

@@ -106,6 +106,8 @@ def evaluate_model(
     "scores": (N, C) probabilities, "labels": (N,), "groups": {grouping: (N,) ids}, "names": {grouping:
     names}}``.
     """
+    import torch
+
     from fairtune.pipeline import build
 
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
@@ -117,8 +119,6 @@ def evaluate_model(
         raise ValueError(ERR_SPLIT.format(split=split, splits=", ".join(data)))
     dataset = trainer._ensure_prepared(data[split], split)
     output = trainer.predict(dataset, metric_key_prefix=split)
-    import torch
-
     probs = torch.as_tensor(output.predictions).float().softmax(-1).numpy()
     vocab = trainer.group_vocab
     return {

@@ -10,6 +10,7 @@ import logging
 import os
 from typing import Any
 
+from fairtune.audit import audit_table
 from fairtune.report import gap_table, group_table
 
 logger = logging.getLogger(__name__)
@@ -18,22 +19,6 @@ CARD_FILE = "README.md"
 FALLBACK_FILE = "fairtune_model_card.md"
 MARKER = "<!-- written by fairtune -->"
 MINILM_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def _audit_table(audit: dict[str, Any], grouping: str) -> str:
-    g = audit["groupings"][grouping]
-    binary = audit["positive_label"] is not None
-    head = "| group | rows | share |" + (
-        f" base rate P({audit['positive_label']}) | interval |" if binary else ""
-    )
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for name, e in g["groups"].items():
-        row = f"| {name} | {e['count']} | {e['share']:.3f} |"
-        if binary:
-            lo, hi = e["base_rate_interval"]
-            row += f" {e['base_rate']:.3f} | [{lo:.3f}, {hi:.3f}] |"
-        lines.append(row)
-    return "\n".join(lines)
 
 
 def render_model_card(
@@ -67,7 +52,7 @@ def render_model_card(
     if data_audit is not None:
         lines += [f"### Training data ({data_audit['rows']} rows)", ""]
         for grouping, g in data_audit["groupings"].items():
-            lines += [f"By `{grouping}`:", "", _audit_table(data_audit, grouping), ""]
+            lines += [f"By `{grouping}`:", "", audit_table(data_audit, grouping, label_counts=False), ""]
             if g["base_rate_gap"] is not None:
                 lines += [f"Base-rate gap in the data: {g['base_rate_gap']:.3f}.", ""]
     result_splits = [s for s in splits if s.startswith(eval_split)] or list(splits)
