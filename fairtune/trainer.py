@@ -295,11 +295,13 @@ class FairTrainer(Trainer):
         """Fit static weights on the training data and build the adversary head and GroupDRO state."""
         num_groups = self.group_vocab.groupings[self.group_vocab.train_grouping].num_train_groups
         for reweighter in [*self.loss_reweighters, self.sampler_reweighter]:
-            if reweighter is not None and reweighter.weights is None:
-                if train_dataset is None:
-                    raise ValueError(f"{reweighter!r} needs a train_dataset to fit its weights on.")
+            if reweighter is None:
+                continue
+            if train_dataset is not None:  # refit: an object reused with other data must not keep old weights
                 groups, labels = self._train_groups_and_labels(train_dataset)
                 reweighter.fit(groups, labels, num_groups, self.num_labels)
+            elif reweighter.weights is None:
+                raise ValueError(f"{reweighter!r} needs a train_dataset to fit its weights on.")
         if self.group_dro is not None:
             self.group_dro.setup(num_groups)
         if self.adversary is not None:

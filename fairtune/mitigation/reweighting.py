@@ -196,8 +196,8 @@ class GroupDRO:
     def setup(self, num_groups: int, device: torch.device | str = "cpu") -> GroupDRO:
         if num_groups < 2:
             raise ValueError(ERR_DRO_GROUPS.format(count=num_groups))
-        if self.q is None or self.q.numel() != num_groups:
-            self.q = torch.full((num_groups,), 1.0 / num_groups, device=device)
+        # A fresh start: a resumed run restores q from its checkpoint afterwards.
+        self.q = torch.full((num_groups,), 1.0 / num_groups, device=device)
         return self
 
     def update(self, loss_sums: Tensor, counts: Tensor) -> Tensor:
