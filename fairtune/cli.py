@@ -144,17 +144,15 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
     if other is not None:
         from fairtune import plots
 
-        text = compare_markdown(audit, other, ("model", "compare"))
+        names = tuple(os.path.basename(os.path.normpath(d)) for d in (opts.model, opts.compare))
+        names = names if names[0] != names[1] else ("model", "compare")
+        text = compare_markdown(audit, other, names)
         with open(os.path.join(out, COMPARISON_MD), "w") as f:
             f.write(text)
         paths.append(os.path.join(out, COMPARISON_MD))
         for name in [g for g in audit["results"] if g in other["results"]]:
             path = os.path.join(out, f"comparison_{name.replace('+', '_x_')}.png")
-            paths.append(
-                plots.plot_comparison(
-                    audit["results"][name], other["results"][name], path, ("model", "compare")
-                )
-            )
+            paths.append(plots.plot_comparison(audit["results"][name], other["results"][name], path, names))
         print("\n" + text)
     print("\nWritten: " + ", ".join(paths))
     if checks:
