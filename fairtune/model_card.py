@@ -27,6 +27,7 @@ def render_model_card(
     group_by: str,
     mitigation: str,
     post_processing: str,
+    augmentation: str,
     data_audit: dict[str, Any] | None,
     splits: dict[str, dict[str, Any]],
     eval_split: str,
@@ -47,6 +48,7 @@ def render_model_card(
         f"- Groups trained on: `{group_by}`",
         f"- Mitigation during training: {mitigation}",
         f"- Post-processing: {post_processing}",
+        f"- Training-data augmentation: {augmentation}",
         "",
     ]
     if data_audit is not None:

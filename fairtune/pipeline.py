@@ -134,6 +134,7 @@ def train_and_report(
             "group_by": args.group_by,
             "mitigation": ", ".join(repr(m) for m in trainer.mitigations) or "none",
             "post_processing": args.post_processing or "none",
+            "data_augmentation": _augmentation_summary(data_args),
             "train_rows": len(data["train"]),
             **{f"{s}_rows": len(data[s]) for s in ("validation", "test") if s in data},
         }
@@ -151,6 +152,7 @@ def train_and_report(
             args.group_by,
             run_info["mitigation"],
             run_info["post_processing"],
+            run_info["data_augmentation"],
             audit,
             splits,
             "test" if "test" in data else "validation",
@@ -162,6 +164,17 @@ def train_and_report(
         print_summary(splits)
         print(f"\nModel, tokenizer, group vocabulary and fairness report written to {args.output_dir}/")
     return metrics
+
+
+def _augmentation_summary(data_args: DataArguments) -> str:
+    parts = []
+    if data_args.counterfactual_augmentation:
+        lists = ", ".join(data_args.counterfactual_word_lists)
+        parts.append(f"counterfactual ({data_args.counterfactual_augmentation}; word lists: {lists})")
+    if data_args.oversample_by:
+        cells = " x label" if data_args.oversample_by_label else ""
+        parts.append(f"oversampling by {data_args.oversample_by}{cells}")
+    return "; ".join(parts) or "none"
 
 
 def _final_validation(trainer: FairTrainer) -> dict[str, float]:
