@@ -52,3 +52,23 @@ def test_pareto_front_and_suite_errors(tmp_path):
         run.load_suite(str(bad))
     runs = run.expand(run.load_suite(str(ROOT / "benchmarks" / "suites" / "cpu_tabular.yaml")))
     assert len({run.run_key(r) for r in runs}) == len(runs) >= 90
+
+
+@pytest.mark.slow
+def test_text_dataset_runs_through_the_runner(tmp_path):
+    """The MiniLM text path of the runner (a few steps), with post-processing and an adversary."""
+    run = _load("run")
+    suite = tmp_path / "text.yaml"
+    suite.write_text(
+        "name: text_tiny\nresults: r.jsonl\nseeds: [0]\n"
+        "datasets:\n  adult_text:\n    kind: text\n    config: configs/quickstart.yaml\n"
+        "    overrides: {eval_strategy: 'no', max_train_samples: 48, max_eval_samples: 64, "
+        "max_test_samples: 64, max_steps: 2}\n"
+        "methods:\n  - {name: thresholds_dp, args: {post_processing: demographic_parity}}\n"
+        "  - {name: adversary, args: {adversary: group, adversary_input: hidden, adversary_weight: 0.1}}\n"
+    )
+    results = tmp_path / "text.jsonl"
+    run.main(["--suite", str(suite), "--results", str(results)])
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["method"] for r in rows] == ["thresholds_dp", "adversary"]
+    assert all(0 < r["accuracy"] <= 1 and r["dataset"] == "adult_text" for r in rows)
