@@ -172,6 +172,7 @@ def run_tabular(spec: dict[str, Any], run: dict[str, Any], workdir: str) -> dict
         disable_tqdm=True,
         bootstrap_samples=0,
         seed=run["seed"],
+        use_cpu=not torch.cuda.is_available(),  # also what makes several CPU processes train as one (gloo)
         overwrite_output_dir=True,
         **{**spec.get("training", {}), **params},  # e.g. training: {bf16: true} on a GPU
     )
@@ -186,7 +187,10 @@ def run_text(spec: dict[str, Any], run: dict[str, Any], workdir: str) -> dict[st
     from fairtune.pipeline import build
 
     argv = ["--config", str(REPO / spec["config"]), "--output_dir", workdir, "--overwrite_output_dir", "true"]
+    import torch
+
     settings = {**spec.get("overrides", {}), **run["params"], "seed": run["seed"], "disable_tqdm": True}
+    settings.setdefault("use_cpu", not torch.cuda.is_available())
     settings.setdefault("bootstrap_samples", 0)
     for key, value in settings.items():
         values = value if isinstance(value, list) else [value]
@@ -280,15 +284,15 @@ def run_suite(opts: argparse.Namespace) -> None:
     os.makedirs(os.path.dirname(results), exist_ok=True)
     done = done_keys(results)
     pending = [r for r in expand(suite) if run_key(r) not in done][: opts.limit]
-    from accelerate import PartialState
-
-    # Under `accelerate launch` every process runs every run (Trainer spreads each over the processes);
-    # only the main process reports and appends rows.
-    state = PartialState()
-    if state.is_main_process:
+    # Under `accelerate launch` or `torchrun` every process runs every run (Trainer spreads each run over
+    # the processes); only rank 0 reports and appends rows. The launcher's environment says which rank this
+    # is: asking accelerate here, before Trainer sets up the process group, would see a single process on CPU.
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    is_main = rank == 0
+    if is_main:
         print(f"{suite['name']}: {len(pending)} run(s) to do, {len(done)} already in {results}")
-    info = machine() | {"processes": state.num_processes}
-    for run in tqdm(pending, desc=suite["name"], unit="run", disable=not state.is_main_process):
+    info = machine() | {"processes": world}
+    for run in tqdm(pending, desc=suite["name"], unit="run", disable=not is_main):
         spec = suite["datasets"][run["dataset"]]
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as workdir:
@@ -302,10 +306,14 @@ def run_suite(opts: argparse.Namespace) -> None:
             "machine": info,
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
-        if state.is_main_process:
+        if is_main:
             with open(results, "a") as f:  # one line per run, written at once: a kill loses at most one run
                 f.write(json.dumps(row) + "\n")
-        state.wait_for_everyone()
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.barrier()  # the next run's skip check must see this row on every rank
 
 
 if __name__ == "__main__":

@@ -140,3 +140,16 @@ def test_group_dro_and_adversary_state_agree_across_processes(tmp_path):
         for a, b in zip(rank0[key], rank1[key], strict=True):
             assert a == pytest.approx(b, abs=1e-6), key
     assert rank0["seen"] != rank1["seen"]  # each rank trained on its own shard
+
+
+def test_benchmark_runner_on_two_processes_writes_each_row_once(tmp_path):
+    results = tmp_path / "rows.jsonl"
+    torchrun = [*_torchrun(), "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    torchrun += ["--master_port", str(_free_port()), str(REPO / "benchmarks" / "run.py")]
+    torchrun += ["--suite", str(REPO / "benchmarks" / "suites" / "ci_tiny.yaml"), "--results", str(results)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(torchrun, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["method"] for r in rows] == ["erm", "demographic_parity"]
+    assert all(r["machine"]["processes"] == 2 for r in rows)
