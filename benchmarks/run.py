@@ -273,6 +273,9 @@ def main(argv: list[str] | None = None) -> None:
         run_suite(opts)
     finally:
         library_logger.setLevel(level)
+    from fairtune.pipeline import shutdown_distributed
+
+    shutdown_distributed()
 
 
 def run_suite(opts: argparse.Namespace) -> None:

@@ -25,7 +25,7 @@ Writes data_audit.json, data_audit.md and PNG plots to --audit_dir (default: <ou
 def train_main(argv: Sequence[str] | None = None) -> None:
     """Parse the config and flags, then run training, evaluation and the report."""
     from fairtune.config import parse_config
-    from fairtune.pipeline import build, train_and_report
+    from fairtune.pipeline import build, shutdown_distributed, train_and_report
 
     # Mistakes in the config or the data surface before training: say them plainly, without a traceback.
     try:
@@ -34,6 +34,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
     except USER_ERRORS as err:
         sys.exit(f"fairtune: error: {err}")
     train_and_report(trainer, data, model_args, data_args)
+    shutdown_distributed()
 
 
 def audit_data_main(argv: Sequence[str] | None = None) -> None:

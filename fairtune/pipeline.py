@@ -166,6 +166,19 @@ def train_and_report(
     return metrics
 
 
+def shutdown_distributed() -> None:
+    """Tear down the process group of a several-process run once every rank is done.
+
+    Left to interpreter exit, gloo's threads can still be running and abort the process ("terminate called
+    without an active exception") after all the work is written.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _augmentation_summary(data_args: DataArguments) -> str:
     parts = []
     if data_args.counterfactual_augmentation:

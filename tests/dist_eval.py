@@ -21,6 +21,7 @@ import torch  # noqa: E402
 from conftest import MLP, biased_tabular  # noqa: E402
 
 from fairtune import FairTrainer, FairTrainingArguments  # noqa: E402
+from fairtune.pipeline import shutdown_distributed  # noqa: E402
 
 EVAL_ROWS = 101  # not divisible by 2 processes x batch 8: the distributed sampler pads the last batch
 EVAL_BATCH_SIZE = 8
@@ -51,6 +52,7 @@ def main(out_path: str) -> None:
     if trainer.accelerator.is_main_process:
         result = {"world_size": trainer.accelerator.num_processes, "metrics": metrics}
         out.write_text(json.dumps(result, indent=1, sort_keys=True))
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

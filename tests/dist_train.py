@@ -22,6 +22,7 @@ import torch  # noqa: E402
 from conftest import MLP, biased_tabular  # noqa: E402
 
 from fairtune import FairTrainer, FairTrainingArguments  # noqa: E402
+from fairtune.pipeline import shutdown_distributed  # noqa: E402
 
 
 def main(out_dir: str) -> None:
@@ -63,6 +64,7 @@ def main(out_dir: str) -> None:
         "seen": seen,
     }
     (out / f"rank{rank}.json").write_text(json.dumps(state))
+    shutdown_distributed()
 
 
 if __name__ == "__main__":
