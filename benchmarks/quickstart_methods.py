@@ -84,11 +84,11 @@ def thresholds(name: str, baseline: Path) -> None:
     argv += ["--model_name_or_path", str(baseline), "--output_dir", str(out), "--disable_tqdm", "true"]
     model_args, data_args, args = parse_config(argv)
     trainer, data = build(model_args, data_args, args)
-    trainer.evaluate(data["test"], metric_key_prefix="test")
+    test = trainer.positive_scores(data["test"], "test")  # one pass: plain metrics and scores
     fitted = trainer.fit_thresholds()
     fitted.save(str(out))
     splits = {"test": trainer.fairness_results["test"]}
-    splits["test + thresholds"] = trainer.predict_with_thresholds(data["test"])[1]
+    splits["test + thresholds"] = trainer.predict_with_thresholds(scored=test)[1]
     write_report(splits, str(out), {"model": str(baseline), "post_processing": args.post_processing})
     print(f"fitted and applied in {time.perf_counter() - start:.0f} s")
 

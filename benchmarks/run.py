@@ -210,14 +210,13 @@ def quiet(trainer: Any) -> None:
 
 
 def _evaluate(trainer: Any, test: Any, attribute: str) -> dict[str, float]:
-    trainer.evaluate(test, metric_key_prefix="test")
     grouping = trainer.group_vocab.train_grouping
-    metrics = _headline(trainer.fairness_results["test"][grouping])
-    if trainer.post_processing is not None:
-        trainer.fit_thresholds()
-        _, results = trainer.predict_with_thresholds(test)
-        metrics = _headline(results[grouping])
-    return metrics
+    if trainer.post_processing is None:
+        trainer.evaluate(test, metric_key_prefix="test")
+        return _headline(trainer.fairness_results["test"][grouping])
+    trainer.fit_thresholds()
+    _, results = trainer.predict_with_thresholds(test)
+    return _headline(results[grouping])
 
 
 def run_peer(name: str, data: Any, attribute: str, seed: int) -> dict[str, float]:

@@ -113,16 +113,23 @@ def train_and_report(
 
     metrics = {"validation": _final_validation(trainer)}
     splits = {"validation": trainer.fairness_results["eval"]}
+    scored = {}
     if "test" in data:
-        metrics["test"] = trainer.evaluate(data["test"], metric_key_prefix="test")
+        if trainer.post_processing is not None:
+            # One pass gives the test metrics and the scores the thresholds are applied to.
+            scored["test"] = trainer.positive_scores(data["test"], "test")
+            metrics["test"] = scored["test"].metrics
+        else:
+            metrics["test"] = trainer.evaluate(data["test"], metric_key_prefix="test")
         splits["test"] = trainer.fairness_results["test"]
     if trainer.post_processing is not None:
         # Thresholds are fitted on validation; the report shows each split before and after them.
-        thresholds = trainer.fit_thresholds()
+        scored["validation"] = trainer.positive_scores(data["validation"], "validation_scores")
+        thresholds = trainer.fit_thresholds(scored=scored["validation"])
         if trainer.is_world_process_zero():
             thresholds.save(args.output_dir)
-        for split in [s for s in ("validation", "test") if s in data]:
-            _, results = trainer.predict_with_thresholds(data[split])
+        for split in [s for s in ("validation", "test") if s in scored]:
+            _, results = trainer.predict_with_thresholds(scored=scored[split])
             splits[f"{split} + thresholds"] = results
             metrics[f"{split}_thresholds"] = {
                 k: v for name, r in results.items() for k, v in flatten_metrics(r, f"{split}_{name}").items()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -121,6 +122,23 @@ class CompactPrinterCallback(PrinterCallback):
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:
         super().on_log(args, state, control, logs=compact_logs(logs), **kwargs)
+
+
+@dataclass
+class ScoredSplit:
+    """One prediction pass of a binary model over a split (``FairTrainer.positive_scores``).
+
+    Attributes:
+        scores: (N,) positive-class probabilities.
+        labels: (N,) class ids, or None for unlabeled data.
+        dataset: the split with its ``group:<grouping>`` columns.
+        metrics: the pass's metrics, fairness included.
+    """
+
+    scores: np.ndarray
+    labels: np.ndarray | None
+    dataset: Any
+    metrics: dict[str, float]
 
 
 class _ZeroHeadGrads(TrainerCallback):
@@ -584,16 +602,9 @@ class FairTrainer(Trainer):
         for k, col in enumerate(names):
             self._eval_stats[col].update(labels, stacked[:, k], logits=logits, losses=losses)
 
-    def evaluation_loop(
-        self,
-        dataloader: Any,
-        description: str,
-        prediction_loss_only: bool | None = None,
-        ignore_keys: list[str] | None = None,
-        metric_key_prefix: str = "eval",
-    ) -> Any:
-        """Run ``Trainer.evaluation_loop`` and add per-group metrics and gaps for every grouping."""
-        self._eval_stats = {
+    def _new_group_stats(self) -> dict[str, GroupStats]:
+        """Empty streaming statistics for every grouping, keyed by its ``group:<grouping>`` column."""
+        return {
             group_column(name): GroupStats(
                 self.num_labels,
                 len(g.values),
@@ -603,24 +614,40 @@ class FairTrainer(Trainer):
             )
             for name, g in self.group_vocab.groupings.items()
         }
+
+    def _group_results(self, stats: dict[str, GroupStats]) -> dict[str, dict[str, Any]]:
+        """``GroupStats.compute()`` of every grouping (names, small-group warnings, intervals)."""
+        results = {}
+        for name in self.group_vocab.groupings:
+            result = stats[group_column(name)].compute(
+                self.group_vocab.names(name),
+                min_group_size=self.args.min_group_size,
+                confidence=self.args.confidence_level,
+            )
+            result["confidence"] = self.args.confidence_level
+            results[name] = result
+        return results
+
+    def evaluation_loop(
+        self,
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> Any:
+        """Run ``Trainer.evaluation_loop`` and add per-group metrics and gaps for every grouping."""
+        self._eval_stats = self._new_group_stats()
         self._eval_batches_seen = 0
         try:
             output = super().evaluation_loop(
                 dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
             )
-            results = {}
-            for name in self.group_vocab.groupings:
-                if not self._eval_batches_seen:
-                    break  # predict() on unlabeled data: nothing to report
-                result = self._eval_stats[group_column(name)].compute(
-                    self.group_vocab.names(name),
-                    min_group_size=self.args.min_group_size,
-                    confidence=self.args.confidence_level,
-                )
-                result["confidence"] = self.args.confidence_level
+            # predict() on unlabeled data saw no labeled batch: nothing to report.
+            results = self._group_results(self._eval_stats) if self._eval_batches_seen else {}
+            for name, result in results.items():
                 for warning in result["warnings"]:
                     logger.warning("[%s %s] %s", metric_key_prefix, name, warning)
-                results[name] = result
                 output.metrics.update(flatten_metrics(result, f"{metric_key_prefix}_{name}"))
         finally:
             self._eval_stats = None
@@ -650,69 +677,68 @@ class FairTrainer(Trainer):
         return super().predict(test_dataset, ignore_keys, metric_key_prefix)
 
     # ----- post-processing --------------------------------------------------------------------------
-    def positive_scores(self, dataset: Any, split: str = "evaluation") -> tuple[np.ndarray, np.ndarray, Any]:
-        """Positive-class probabilities (N,), labels (N,) (None when unlabeled) and the dataset with its group
-        columns, for a binary model."""
+    def positive_scores(self, dataset: Any, split: str = "test") -> ScoredSplit:
+        """One prediction pass of a binary model over ``dataset``: positive-class probabilities, labels, the
+        dataset with its group columns, and the pass's metrics (fairness included, under prefix ``split``).
+
+        Fitting thresholds and applying them both take a ``ScoredSplit``, so a split is predicted once.
+        """
         if any(c in dataset.column_names for c in ("labels", "label")):
             dataset = self._ensure_prepared(dataset, split)
         elif not all(c in dataset.column_names for c in self.group_columns):
             dataset = self.group_vocab.encode(dataset, split=split)  # unlabeled: groups only
-        output = self.predict(dataset, metric_key_prefix=f"{split}_scores")
-        logits = torch.as_tensor(output.predictions).float()
+        output = self.predict(dataset, metric_key_prefix=split)
+        scores = torch.as_tensor(output.predictions).float().softmax(-1)[:, 1].numpy()
         labels = None if output.label_ids is None else np.asarray(output.label_ids)
-        return logits.softmax(-1)[:, 1].numpy(), labels, dataset
+        return ScoredSplit(scores, labels, dataset, output.metrics)
 
     def fit_thresholds(
-        self, thresholds: GroupThresholds | None = None, dataset: Any = None
+        self,
+        thresholds: GroupThresholds | None = None,
+        dataset: Any = None,
+        scored: ScoredSplit | None = None,
     ) -> GroupThresholds:
-        """Fit group-specific thresholds (default: ``args.post_processing``) on ``dataset`` (default: the
-        validation set) for the training grouping; returns them fitted."""
-        thresholds = thresholds if thresholds is not None else self.post_processing
-        if thresholds is None:
-            raise ValueError(ERR_POSTPROCESS_NONE)
-        dataset = dataset if dataset is not None else self.eval_dataset
-        if dataset is None or isinstance(dataset, dict):
-            raise ValueError(ERR_POSTPROCESS_NO_VALIDATION.format(name=thresholds.objective))
-        scores, labels, dataset = self.positive_scores(dataset, "validation")
-        if labels is None:
+        """Fit group-specific thresholds (default: ``args.post_processing``) for the training grouping on
+        ``scored`` predictions, or on ``dataset`` (default: the validation set); returns them fitted."""
+        thresholds = self._thresholds(thresholds)
+        if scored is None:
+            dataset = dataset if dataset is not None else self.eval_dataset
+            if dataset is None or isinstance(dataset, dict):
+                raise ValueError(ERR_POSTPROCESS_NO_VALIDATION.format(name=thresholds.objective))
+            scored = self.positive_scores(dataset, "validation_scores")
+        if scored.labels is None:
             raise ValueError("fit_thresholds needs a labeled dataset (a 'label' or 'labels' column).")
-        grouping = self.group_vocab.train_grouping
-        groups = np.asarray(dataset[self.train_group_column])
-        return thresholds.fit(scores, labels, groups, group_names=self.group_vocab.names(grouping))
+        groups = np.asarray(scored.dataset[self.train_group_column])
+        names = self.group_vocab.names(self.group_vocab.train_grouping)
+        return thresholds.fit(scored.scores, scored.labels, groups, group_names=names)
 
     def predict_with_thresholds(
-        self, dataset: Any, thresholds: GroupThresholds | None = None, seed: int | None = None
+        self,
+        dataset: Any = None,
+        thresholds: GroupThresholds | None = None,
+        seed: int | None = None,
+        scored: ScoredSplit | None = None,
     ) -> tuple[np.ndarray, dict[str, dict[str, Any]]]:
-        """Decisions (N,) of the model under fitted group thresholds, and their fairness results per
-        grouping (``GroupStats.compute()``, as in ``fairness_results``) when ``dataset`` has labels."""
+        """Decisions (N,) of the model under fitted group thresholds, for ``dataset`` or for predictions
+        already ``scored``, and their fairness results per grouping (as in ``fairness_results``) when the
+        data has labels."""
+        thresholds = self._thresholds(thresholds)
+        scored = scored if scored is not None else self.positive_scores(dataset, "test_scores")
+        groups = np.asarray(scored.dataset[self.train_group_column])
+        preds = thresholds.predict(scored.scores, groups, seed=self.args.seed if seed is None else seed)
+        if scored.labels is None:
+            return preds, {}
+        stats = self._new_group_stats()
+        labels, pred_ids = torch.as_tensor(scored.labels), torch.as_tensor(preds)
+        for column, group_stats in stats.items():
+            group_stats.update(labels, torch.as_tensor(np.asarray(scored.dataset[column])), preds=pred_ids)
+        return preds, self._group_results(stats)
+
+    def _thresholds(self, thresholds: GroupThresholds | None) -> GroupThresholds:
         thresholds = thresholds if thresholds is not None else self.post_processing
         if thresholds is None:
             raise ValueError(ERR_POSTPROCESS_NONE)
-        scores, labels, dataset = self.positive_scores(dataset, "test")
-        groups = np.asarray(dataset[self.train_group_column])
-        preds = thresholds.predict(scores, groups, seed=self.args.seed if seed is None else seed)
-        results = {}
-        if labels is not None:
-            for name, g in self.group_vocab.groupings.items():
-                stats = GroupStats(
-                    self.num_labels,
-                    len(g.values),
-                    bootstrap_samples=self.args.bootstrap_samples,
-                    seed=self.args.seed,
-                )
-                stats.update(
-                    torch.as_tensor(labels),
-                    torch.as_tensor(np.asarray(dataset[group_column(name)])),
-                    preds=torch.as_tensor(preds),
-                )
-                result = stats.compute(
-                    self.group_vocab.names(name),
-                    min_group_size=self.args.min_group_size,
-                    confidence=self.args.confidence_level,
-                )
-                result["confidence"] = self.args.confidence_level
-                results[name] = result
-        return preds, results
+        return thresholds
 
     def _ensure_prepared(self, dataset: Any, split: str) -> Any:
         if all(c in dataset.column_names for c in self.group_columns):
