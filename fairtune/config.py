@@ -182,11 +182,13 @@ class FairTrainingArguments(TrainingArguments):
             raise ValueError(f"confidence_level must lie in (0, 1); got {self.confidence_level}.")
         if self.num_labels is not None and self.num_labels < 2:
             raise ValueError(f"num_labels must be >= 2 for classification; got {self.num_labels}.")
-        # Build the mitigation objects once here, so a bad name or value fails when the arguments are made.
-        from fairtune.mitigation import from_args, post_processing_from_args
+        # Method names fail when the arguments are made; the methods themselves are built once, from the
+        # arguments, by Mitigations.from_args (before a model is loaded in config runs).
+        from fairtune.mitigation import lookup
 
-        from_args(self)
-        post_processing_from_args(self)
+        for kind in ("penalty", "reweighting", "adversary", "post_processing"):
+            if getattr(self, kind):
+                lookup(kind, getattr(self, kind))
 
 
 @dataclass

@@ -15,8 +15,9 @@ from typing import Any
 from fairtune.audit import audit_dataset, write_audit
 from fairtune.config import DataArguments, FairTrainingArguments, ModelArguments, resolve_model_path
 from fairtune.data.loading import augment_training_data, load_raw_datasets, tokenize
-from fairtune.groups import VOCAB_FILE, GroupVocabulary
+from fairtune.groups import VOCAB_FILE, GroupVocabulary, check_columns
 from fairtune.metrics import flatten_metrics
+from fairtune.mitigation import Mitigations
 from fairtune.model_card import render_model_card, write_model_card
 from fairtune.report import gap_table, group_table, write_report
 from fairtune.trainer import FairTrainer, check_output_dir
@@ -61,33 +62,45 @@ def _label_info(dataset: Any) -> tuple[int, list[str] | None]:
 def build(
     model_args: ModelArguments, data_args: DataArguments, args: FairTrainingArguments
 ) -> tuple[FairTrainer, Any]:
-    """Load and check data, model and groups; returns the trainer and the tokenized splits.
+    """Load and check data, groups, methods and model; returns the trainer and the tokenized splits.
 
-    Every user-input error surfaces here, before training and before anything is written.
+    Every user-input error surfaces here, before training and before anything is written; the checks that
+    need no model (methods and their options, data, groups, labels, post-processing on the task) run before
+    the tokenizer and the model are loaded.
     """
     from transformers import AutoTokenizer, set_seed
 
     if not args.overwrite_output_dir and not args.resume_from_checkpoint:
         check_output_dir(args.output_dir)
+    mitigations = Mitigations.from_args(args)  # unknown names and bad options fail before any data loads
     set_seed(args.seed)
     raw = load_raw_datasets(data_args, seed=data_args.data_seed_for_splits)
     raw["train"] = augment_training_data(raw["train"], data_args)
     num_labels, label_names = _label_info(raw["train"])
+    mitigations.check_task(num_labels, has_validation="validation" in raw)
     path = resolve_model_path(model_args.model_name_or_path)
+    # A fine-tuned fairtune model carries its group vocabulary: reuse it so group ids mean what they meant.
+    # Otherwise fit it on the raw training split now: missing columns or values fail before the model loads.
+    saved_vocab = os.path.join(path, VOCAB_FILE)
+    if os.path.isfile(saved_vocab):
+        vocab = GroupVocabulary.load(saved_vocab)
+    else:
+        vocab = GroupVocabulary(args.group_by, args.eval_group_by).fit(raw["train"])
+    for split in raw:
+        check_columns(raw[split], vocab.attributes, split=split, what="group_by / eval_group_by")
     tokenizer = AutoTokenizer.from_pretrained(path)
     data = tokenize(
         raw, tokenizer, data_args.text_column, data_args.text_pair_column, data_args.max_seq_length
     )
     model = build_model(model_args, num_labels, label_names)
-    # A fine-tuned fairtune model carries its group vocabulary: reuse it so group ids mean what they meant.
-    saved_vocab = os.path.join(path, VOCAB_FILE)
     trainer = FairTrainer(
         model=model,
         args=args,
         train_dataset=data["train"],
         eval_dataset=data["validation"],
         processing_class=tokenizer,
-        group_vocab=GroupVocabulary.load(saved_vocab) if os.path.isfile(saved_vocab) else None,
+        group_vocab=vocab,
+        mitigations=mitigations,
     )
     if "test" in data:
         data["test"] = trainer.prepare_dataset(data["test"], "test")
@@ -139,7 +152,7 @@ def train_and_report(
             "model": model_args.model_name_or_path,
             "dataset": data_args.dataset_name or data_args.train_file,
             "group_by": args.group_by,
-            "mitigation": ", ".join(repr(m) for m in trainer.mitigations) or "none",
+            "mitigation": trainer.mitigations.describe(),
             "post_processing": args.post_processing or "none",
             "data_augmentation": _augmentation_summary(data_args),
             "train_rows": len(data["train"]),

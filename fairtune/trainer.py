@@ -1,4 +1,9 @@
-"""``FairTrainer``: the Hugging Face ``Trainer`` with group-aware data, per-sample loss, group metrics."""
+"""``FairTrainer``: the Hugging Face ``Trainer`` with group-aware data, per-sample loss, group metrics.
+
+The trainer owns the data path (group columns encoded and carried beside the model inputs), the loss hooks
+and the evaluation wiring. Everything a mitigation method does (sample weights, extra loss terms, a sampler,
+an optimizer group, training state) it asks of one ``Mitigations`` object.
+"""
 
 from __future__ import annotations
 
@@ -14,30 +19,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, Trainer, default_data_collator
-from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from fairtune.callbacks import (
+    MITIGATION_STATE_FILE,
+    CompactPrinterCallback,
+    CompactProgressCallback,
+    MitigationStateCallback,
+)
 from fairtune.config import FairTrainingArguments
 from fairtune.data.collator import FairDataCollator
 from fairtune.groups import GROUP_COLUMN_PREFIX, GroupVocabulary, check_columns, group_column
 from fairtune.metrics import GroupStats, flatten_metrics
-from fairtune.mitigation import (
-    Adversary,
-    GroupDRO,
-    Penalty,
-    PenaltyBatch,
-    Reweighter,
-    WeightedEpochSampler,
-    from_args,
-    post_processing_from_args,
+from fairtune.mitigation import Mitigations, PenaltyBatch, TermLog
+from fairtune.mitigation.combined import (
+    ERR_POSTPROCESS_NO_VALIDATION,
+    WARN_STATE_RESET,
+    Reduce,
+    identity_reduce,
 )
 from fairtune.mitigation.postprocess import GroupThresholds
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["MITIGATION_STATE_FILE", "FairTrainer", "ScoredSplit", "check_output_dir", "logits_of"]
+
 ERR_ARGS_TYPE = "FairTrainer needs FairTrainingArguments (with group_by set); got {kind}."
 ERR_NO_GROUP_BY = (
     "FairTrainingArguments.group_by is not set: name the attribute column(s) to group by, e.g. "
     "group_by='sex' or group_by='sex+race'."
+)
+ERR_NO_MODEL = "FairTrainer needs a model (model_init is not supported)."
+ERR_VOCAB_GROUPING = (
+    "group_by is {group_by!r}, but the loaded group vocabulary was trained with group_by {trained!r}; use "
+    "that grouping (eval_group_by may list others it has)."
+)
+ERR_VOCAB_MISSING_GROUPING = (
+    "eval_group_by names {spec!r}, which the loaded group vocabulary does not have (it has {have})."
 )
 ERR_NO_TRAIN_DATA = "FairTrainer needs a train_dataset to fix the group vocabulary, or a loaded group_vocab."
 ERR_DATASET_TYPE = "The {split} dataset must be a datasets.Dataset (with attribute columns); got {kind}."
@@ -62,29 +80,7 @@ ERR_OUTPUT_DIR = (
     "output_dir {path!r} already holds a run ({found}). Pass overwrite_output_dir=True to train into it, "
     "resume_from_checkpoint to continue it, or choose another output_dir."
 )
-ERR_MITIGATION_TYPE = (
-    "mitigations must be Penalty, Reweighter, GroupDRO or Adversary objects; got {kind}. Post-processing "
-    "(GroupThresholds) is fitted after training, on validation predictions."
-)
-ERR_MITIGATION_TWICE = "At most one {what} per trainer; got {count}: {items}."
-ERR_REGRESSION_HEAD = (
-    "{method} needs class labels, but the model has a regression head (num_labels=1); give it a "
-    "classification head with num_labels >= 2."
-)
-ERR_ADVERSARY_OPTIMIZER = (
-    "An adversary trains in a parameter group of the trainer's optimizer; with optimizers=(...) passed in, "
-    "add its head's parameters yourself or let FairTrainer create the optimizer."
-)
-ERR_POSTPROCESS_NO_VALIDATION = (
-    "post_processing {name!r} fits its thresholds on a validation set; pass eval_dataset (a single dataset) "
-    "or a dataset to fit_thresholds()."
-)
-ERR_POSTPROCESS_BINARY = (
-    "post_processing {name!r} sets thresholds on the positive-class score of a binary classifier; this "
-    "model has {num_labels} classes."
-)
 ERR_POSTPROCESS_NONE = "No post-processing configured: set post_processing or pass a GroupThresholds."
-MITIGATION_STATE_FILE = "mitigation_state.pt"
 
 
 def logits_of(outputs: Any) -> torch.Tensor:
@@ -94,34 +90,6 @@ def logits_of(outputs: Any) -> torch.Tensor:
     if isinstance(outputs, dict) or hasattr(outputs, "keys"):
         return outputs["logits"]
     return outputs[0]
-
-
-def compact_logs(logs: dict[str, Any] | None) -> dict[str, Any]:
-    """The keys of a log worth a terminal line: gaps and losses, not per-group stats or intervals."""
-    return {
-        k: v for k, v in (logs or {}).items() if k.count("/") < 2 and not k.endswith(("_ci_low", "_ci_high"))
-    }
-
-
-class CompactProgressCallback(ProgressCallback):
-    """Console progress that prints the gaps but not the hundreds of per-group keys of a log.
-
-    Only the terminal view is trimmed: every key still reaches the ``report_to`` backends and the history.
-    """
-
-    def on_log(
-        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
-    ) -> None:
-        super().on_log(args, state, control, logs=compact_logs(logs), **kwargs)
-
-
-class CompactPrinterCallback(PrinterCallback):
-    """``PrinterCallback`` (used when ``disable_tqdm``) trimmed like ``CompactProgressCallback``."""
-
-    def on_log(
-        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
-    ) -> None:
-        super().on_log(args, state, control, logs=compact_logs(logs), **kwargs)
 
 
 @dataclass
@@ -141,20 +109,6 @@ class ScoredSplit:
     metrics: dict[str, float]
 
 
-class _ZeroHeadGrads(TrainerCallback):
-    """Clears the adversary head's gradients after every optimizer step.
-
-    Trainer zeroes only ``model``'s gradients; the head lives outside the model, and without this its
-    gradients would pile up over the whole run.
-    """
-
-    def __init__(self, head: nn.Module):
-        self.head = head
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.head.zero_grad(set_to_none=True)
-
-
 class FairTrainer(Trainer):
     """A ``transformers.Trainer`` that knows which demographic group every sample belongs to.
 
@@ -163,6 +117,8 @@ class FairTrainer(Trainer):
       ``model.forward``.
     * The task loss is computed per sample (``per_sample_loss``), so weights and penalties can act on it,
       and normalised over the whole gradient-accumulation window.
+    * Mitigation methods (from the arguments and from ``mitigations``) act through one ``Mitigations`` object
+      (``self.mitigations``).
     * ``evaluate()`` adds per-group rates and fairness gaps (with bootstrap intervals) for every grouping in
       ``args.eval_group_by`` to its metrics, so they reach every ``report_to`` backend and can drive
       ``metric_for_best_model``; training logs carry the running loss of each group.
@@ -170,6 +126,9 @@ class FairTrainer(Trainer):
     Args:
         group_vocab: a saved ``GroupVocabulary`` (e.g. of a fine-tuned model being re-evaluated); default:
             fitted on ``train_dataset``.
+        mitigations: method objects (``Penalty``, ``Reweighter``, ``GroupDRO``, ``Adversary``) added to those
+            the arguments name; or a ``Mitigations`` object, used as it is (build it with
+            ``Mitigations.from_args(args, [...])`` to include the arguments' methods).
         Other arguments are those of ``transformers.Trainer``.
     """
 
@@ -184,7 +143,7 @@ class FairTrainer(Trainer):
         eval_dataset: Any = None,
         processing_class: Any = None,
         group_vocab: GroupVocabulary | None = None,
-        mitigations: list[Any] | None = None,
+        mitigations: Mitigations | list[Any] | None = None,
         **kwargs: Any,
     ):
         # Everything that can be wrong with the inputs is checked here, before Trainer starts anything.
@@ -193,41 +152,22 @@ class FairTrainer(Trainer):
         if not args.group_by:
             raise ValueError(ERR_NO_GROUP_BY)
         if model is None:
-            raise ValueError("FairTrainer needs a model (model_init is not supported).")
-        self._sort_mitigations([*from_args(args), *(mitigations or [])], model)
-        self.group_vocab = group_vocab or GroupVocabulary(args.group_by, args.eval_group_by)
-        if (
-            group_vocab is not None
-            and GroupVocabulary(args.group_by).train_grouping != group_vocab.train_grouping
-        ):
-            raise ValueError(
-                f"group_by is {args.group_by!r}, but the loaded group vocabulary was trained with group_by "
-                f"{group_vocab.train_grouping!r}; use that grouping (eval_group_by may list others it has)."
-            )
-        for spec in args.eval_group_by or []:
-            if spec not in self.group_vocab.groupings:  # a loaded vocabulary may lack a newly asked grouping
-                raise ValueError(
-                    f"eval_group_by names {spec!r}, which the loaded group vocabulary does not have "
-                    f"(it has {list(self.group_vocab.groupings)})."
-                )
+            raise ValueError(ERR_NO_MODEL)
+        if not isinstance(mitigations, Mitigations):
+            mitigations = Mitigations.from_args(args, mitigations or [])
+        self.mitigations = mitigations
+        self.mitigations.check_model(model, kwargs.get("optimizers"))
+        self.group_vocab = self._resolve_vocab(args, group_vocab, train_dataset)
         self.group_columns = [group_column(name) for name in self.group_vocab.groupings]
         self.train_group_column = group_column(self.group_vocab.train_grouping)
-        if not self.group_vocab.fitted:
-            if train_dataset is None:
-                raise ValueError(ERR_NO_TRAIN_DATA)
-            self._check_dataset(train_dataset, "training")
-            self.group_vocab.fit(train_dataset)
         self.num_labels = self._resolve_num_labels(model, args, train_dataset)
+        has_validation = eval_dataset is not None and not isinstance(eval_dataset, dict)
+        self.mitigations.check_task(self.num_labels, has_validation)
+        train_groups = train_labels = None
         if train_dataset is not None:
             train_dataset = self.prepare_dataset(train_dataset, "training")
-        self._setup_mitigations(model, train_dataset, kwargs.get("optimizers"))
-        self.post_processing = post_processing_from_args(args)
-        if self.post_processing is not None:
-            name = args.post_processing
-            if self.num_labels != 2:
-                raise ValueError(ERR_POSTPROCESS_BINARY.format(name=name, num_labels=self.num_labels))
-            if eval_dataset is None or isinstance(eval_dataset, dict):
-                raise ValueError(ERR_POSTPROCESS_NO_VALIDATION.format(name=name))
+            train_groups, train_labels = self._train_groups_and_labels(train_dataset)
+        self.mitigations.setup(model, self.num_train_groups, self.num_labels, train_groups, train_labels)
         if isinstance(eval_dataset, dict):
             eval_dataset = {k: self.prepare_dataset(v, f"evaluation ({k})") for k, v in eval_dataset.items()}
         elif eval_dataset is not None:
@@ -258,74 +198,55 @@ class FairTrainer(Trainer):
             self.add_callback(CompactProgressCallback)
         if self.pop_callback(PrinterCallback) is not None:
             self.add_callback(CompactPrinterCallback)
+        self.add_callback(MitigationStateCallback(self.mitigations))
         if not self.label_names:  # a plain nn.Module's forward has no `labels` argument to infer it from
             self.label_names = ["labels"]
-        # Running per-group loss between two training logs: sums and counts, shape (G,), on the device.
-        self._group_loss_sum: torch.Tensor | None = None
-        self._group_loss_count: torch.Tensor | None = None
+        self.mitigations.to(self.args.device)
+        # Running means of the loss terms and per-group losses between two training logs.
+        self.term_log = TermLog()
         self._eval_stats: dict[str, GroupStats] | None = None
         self._eval_batches_seen = 0
         # Last fairness results: metric prefix ("eval", "test", ...) -> grouping -> GroupStats.compute().
         self.fairness_results: dict[str, dict[str, dict[str, Any]]] = {}
         self._output_dir_checked = False
-        # Running sums of the loss terms between two training logs (task loss, each penalty, adversary).
-        self._term_sums: dict[str, torch.Tensor] = {}
-        self._term_steps = 0
-        if self.adversary is not None:
-            self.adversary.head.to(self.args.device)
-            self.add_callback(_ZeroHeadGrads(self.adversary.head))
-        if self.group_dro is not None:
-            self.group_dro.q = self.group_dro.q.to(self.args.device)
 
-    # ----- mitigation set-up -------------------------------------------------------------------------
-    def _sort_mitigations(self, methods: list[Any], model: nn.Module) -> None:
-        """Sort mitigation objects by family and check they fit the model, before anything is built."""
-        self.penalties: list[Penalty] = []
-        reweighters: list[Reweighter] = []
-        dro: list[GroupDRO] = []
-        adversaries: list[Adversary] = []
-        for method in methods:
-            if isinstance(method, Penalty):
-                self.penalties.append(method)
-            elif isinstance(method, Reweighter):
-                reweighters.append(method)
-            elif isinstance(method, GroupDRO):
-                dro.append(method)
-            elif isinstance(method, Adversary):
-                adversaries.append(method)
-            else:
-                raise TypeError(ERR_MITIGATION_TYPE.format(kind=type(method).__name__))
-        samplers = [r for r in reweighters if r.mode == "sampler"]
-        for what, items in (("adversary", adversaries), ("GroupDRO", dro), ("sampler", samplers)):
-            if len(items) > 1:
-                raise ValueError(ERR_MITIGATION_TWICE.format(what=what, count=len(items), items=items))
-        self.loss_reweighters = [r for r in reweighters if r.mode == "weights"]
-        self.sampler_reweighter = samplers[0] if samplers else None
-        self.group_dro = dro[0] if dro else None
-        self.adversary = adversaries[0] if adversaries else None
-        self.mitigations = methods
-        if getattr(getattr(model, "config", None), "num_labels", None) == 1:
-            for method in methods:
-                if getattr(method, "needs_labels", True):
-                    raise ValueError(ERR_REGRESSION_HEAD.format(method=method))
+    @staticmethod
+    def _resolve_vocab(
+        args: FairTrainingArguments, group_vocab: GroupVocabulary | None, train_dataset: Any
+    ) -> GroupVocabulary:
+        """The loaded vocabulary (checked against the arguments' groupings) or one fitted on train_dataset."""
+        if group_vocab is not None:
+            trained = group_vocab.train_grouping
+            if GroupVocabulary(args.group_by).train_grouping != trained:
+                raise ValueError(ERR_VOCAB_GROUPING.format(group_by=args.group_by, trained=trained))
+            for spec in args.eval_group_by or []:
+                if GroupVocabulary(spec).train_grouping not in group_vocab.groupings:  # a loaded vocabulary may lack a newly asked grouping
+                    raise ValueError(
+                        ERR_VOCAB_MISSING_GROUPING.format(spec=spec, have=list(group_vocab.groupings))
+                    )
+        vocab = group_vocab or GroupVocabulary(args.group_by, args.eval_group_by)
+        if not vocab.fitted:
+            if train_dataset is None:
+                raise ValueError(ERR_NO_TRAIN_DATA)
+            FairTrainer._check_dataset(train_dataset, "training")
+            vocab.fit(train_dataset)
+        return vocab
 
-    def _setup_mitigations(self, model: nn.Module, train_dataset: Any, optimizers: Any) -> None:
-        """Fit static weights on the training data and build the adversary head and GroupDRO state."""
-        num_groups = self.group_vocab.groupings[self.group_vocab.train_grouping].num_train_groups
-        for reweighter in [*self.loss_reweighters, self.sampler_reweighter]:
-            if reweighter is None:
-                continue
-            if train_dataset is not None:  # refit: an object reused with other data must not keep old weights
-                groups, labels = self._train_groups_and_labels(train_dataset)
-                reweighter.fit(groups, labels, num_groups, self.num_labels)
-            elif reweighter.weights is None:
-                raise ValueError(f"{reweighter!r} needs a train_dataset to fit its weights on.")
-        if self.group_dro is not None:
-            self.group_dro.setup(num_groups)
-        if self.adversary is not None:
-            if optimizers is not None and optimizers[0] is not None:
-                raise ValueError(ERR_ADVERSARY_OPTIMIZER)
-            self.adversary.build(model, num_groups, self.num_labels)
+    @property
+    def num_train_groups(self) -> int:
+        """G: groups of the training grouping in the vocabulary (the rows of every training statistic)."""
+        return self.group_vocab.groupings[self.group_vocab.train_grouping].num_train_groups
+
+    @property
+    def post_processing(self) -> GroupThresholds | None:
+        """The unfitted group thresholds the arguments name, fitted after training, or None."""
+        return self.mitigations.post_processing
+
+    def _reduce(self) -> Reduce:
+        """Cross-process sum/mean for the mitigations: accelerate's on several processes, else identity."""
+        if self.accelerator.num_processes == 1:
+            return identity_reduce
+        return lambda tensor, op: self.accelerator.reduce(tensor, reduction=op)
 
     def _train_groups_and_labels(self, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(N,) training group ids and (N,) labels, read from the arrow table without decoding rows."""
@@ -336,22 +257,19 @@ class FairTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         """A weighted sampler when a reweighter runs in ``sampler`` mode, else Trainer's own."""
-        if self.sampler_reweighter is None:
+        if self.mitigations.sampler_reweighter is None:
             return super()._get_train_sampler(train_dataset)
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         groups, labels = self._train_groups_and_labels(dataset)
-        weights = self.sampler_reweighter.sample_weights(groups, labels)
-        return WeightedEpochSampler(weights, seed=self.args.data_seed or self.args.seed)
+        return self.mitigations.train_sampler(groups, labels, seed=self.args.data_seed or self.args.seed)
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
-        """Trainer's optimizer, plus a parameter group for the adversary head (its own lr, no decay)."""
+        """Trainer's optimizer plus the mitigations' parameter groups (adversary head: own lr, no decay)."""
         optimizer = super().create_optimizer(model)
-        if self.adversary is not None:
-            params = list(self.adversary.head.parameters())
-            known = {id(p) for group in optimizer.param_groups for p in group["params"]}
-            if not any(id(p) in known for p in params):
-                lr = self.adversary.learning_rate or self.args.learning_rate
-                optimizer.add_param_group({"params": params, "lr": lr, "weight_decay": 0.0})
+        known = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        for group in self.mitigations.param_groups(self.args.learning_rate):
+            if not any(id(p) in known for p in group["params"]):
+                optimizer.add_param_group(group)
         return optimizer
 
     # ----- data -------------------------------------------------------------------------------------
@@ -426,7 +344,8 @@ class FairTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        """Forward without group columns or labels, then the per-sample task loss, normalised.
+        """Forward without group columns or labels, then the per-sample task loss, weighted and normalised,
+        plus the mitigations' extra loss terms (training only).
 
         ``num_items_in_batch`` counts the samples of the whole accumulation window (over all processes
         when ``average_tokens_across_devices``), so the loss of unequal micro-batches averages correctly.
@@ -434,7 +353,7 @@ class FairTrainer(Trainer):
         groups = {k: inputs.pop(k) for k in list(inputs) if k.startswith(GROUP_COLUMN_PREFIX)}
         labels = inputs.pop("labels")
         mitigate = model.training and self.train_group_column in groups
-        hidden = mitigate and self.adversary is not None and self.adversary.input == "hidden"
+        hidden = mitigate and self.mitigations.needs_hidden_states
         outputs = model(**inputs, output_hidden_states=True) if hidden else model(**inputs)
         logits = logits_of(outputs)
         if logits.dim() != 2 or logits.shape[-1] < 2:
@@ -445,84 +364,26 @@ class FairTrainer(Trainer):
             return (loss, outputs) if return_outputs else loss
 
         group_ids = groups[self.train_group_column]
-        self._track_group_loss(losses.detach(), group_ids)
-        self._add_term("task_loss", losses.detach().mean())
-        weighted = losses * self.sample_weights(losses.detach(), group_ids, labels)
-        loss = self.reduce_loss(weighted, num_items_in_batch)
-        # Penalty and adversary terms are per micro-batch; this share makes them average over the
-        # accumulation window (and processes) the way the summed task loss does.
-        share = 1.0
-        if num_items_in_batch is not None:
-            share = len(labels) / num_items_in_batch
-            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
-                share = share * self.accelerator.num_processes
-        extra = self.mitigation_loss(outputs, logits, labels, group_ids, losses, inputs.get("attention_mask"))
+        self.term_log.add_group_losses(losses, group_ids, self.num_train_groups)
+        self.term_log.add("task_loss", losses.mean())
+        weights = self.mitigations.sample_weights(
+            losses.detach(), group_ids, labels, self._reduce(), self.term_log
+        )
+        loss = self.reduce_loss(losses * weights, num_items_in_batch)
+        batch = PenaltyBatch(logits, labels, group_ids, self.num_train_groups, losses)
+        extra = self.mitigations.extra_loss(
+            outputs, batch, self.state.global_step, self.term_log, inputs.get("attention_mask")
+        )
         if extra is not None:
+            # Penalty and adversary terms are per micro-batch; this share makes them average over the
+            # accumulation window (and processes) the way the summed task loss does.
+            share = 1.0
+            if num_items_in_batch is not None:
+                share = len(labels) / num_items_in_batch
+                if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                    share = share * self.accelerator.num_processes
             loss = loss + share * extra
         return (loss, outputs) if return_outputs else loss
-
-    def sample_weights(
-        self, losses: torch.Tensor, groups: torch.Tensor, labels: torch.Tensor
-    ) -> torch.Tensor:
-        """(N,) loss weights of a training batch: static reweighting times GroupDRO's online weights.
-
-        Args:
-            losses: (N,) detached per-sample task losses; groups: (N,) ids; labels: (N,) class ids.
-        """
-        weights = torch.ones_like(losses)
-        for reweighter in self.loss_reweighters:
-            weights = weights * reweighter.sample_weights(groups, labels)
-        if self.group_dro is not None:
-            num_groups = self.group_dro.q.numel()
-            sums = torch.zeros(num_groups, device=losses.device).index_add_(0, groups, losses.float())
-            counts = torch.zeros(num_groups, device=losses.device).index_add_(
-                0, groups, torch.ones_like(losses, dtype=torch.float)
-            )
-            if self.accelerator.num_processes > 1:  # every process must keep the same q
-                sums = self.accelerator.reduce(sums, reduction="sum")
-                counts = self.accelerator.reduce(counts, reduction="sum")
-            factor = self.group_dro.update(sums, counts)
-            weights = weights * factor[groups]
-            present = counts > 0
-            self._add_term("group_dro/worst_group_loss", (sums / counts.clamp_min(1))[present].max())
-        return weights
-
-    def mitigation_loss(
-        self,
-        outputs: Any,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        groups: torch.Tensor,
-        losses: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor | None:
-        """Weighted penalties plus the adversary's loss for one training batch (a scalar), or None.
-
-        Args:
-            outputs: the model outputs; logits: (N, C); labels, groups: (N,); losses: (N,) unweighted task
-            losses; attention_mask: (N, T) if the inputs have one (to pool hidden states).
-        """
-        terms = []
-        if self.penalties:
-            num_groups = self.group_vocab.groupings[self.group_vocab.train_grouping].num_train_groups
-            batch = PenaltyBatch(logits, labels, groups, num_groups, losses)
-            for penalty in self.penalties:
-                value = penalty(batch)
-                self._add_term(f"penalty/{penalty.name}", value.detach())
-                terms.append(penalty.weight_at(self.state.global_step) * value)
-        if self.adversary is not None:
-            representation = self.adversary.representation(outputs, logits, attention_mask)
-            adv_losses, correct = self.adversary.loss(representation, groups, labels)
-            self._add_term("adversary/loss", adv_losses.detach().mean())
-            self._add_term("adversary/accuracy", correct.float().mean())
-            terms.append(adv_losses.mean())
-        return torch.stack(terms).sum() if terms else None
-
-    def _add_term(self, name: str, value: torch.Tensor) -> None:
-        value = value.detach().float()
-        self._term_sums[name] = self._term_sums.get(name, torch.zeros_like(value)) + value
-        if name == "task_loss":
-            self._term_steps += 1
 
     def reduce_loss(
         self, losses: torch.Tensor, num_items_in_batch: torch.Tensor | int | None
@@ -536,35 +397,13 @@ class FairTrainer(Trainer):
             loss = loss * self.accelerator.num_processes
         return loss
 
-    def _track_group_loss(self, losses: torch.Tensor, groups: torch.Tensor) -> None:
-        if self._group_loss_sum is None:  # sized once: the training vocabulary is fixed
-            num_groups = self.group_vocab.groupings[self.group_vocab.train_grouping].num_train_groups
-            self._group_loss_sum = torch.zeros(num_groups, device=losses.device)
-            self._group_loss_count = torch.zeros(num_groups, device=losses.device)
-        self._group_loss_sum.index_add_(0, groups, losses.float())
-        self._group_loss_count.index_add_(0, groups, torch.ones_like(losses, dtype=torch.float))
-
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the running per-group training loss (summed over processes) to training logs."""
-        grouping = self.group_vocab.train_grouping
-        if "loss" in logs and self._group_loss_sum is not None:
-            sums = self.accelerator.reduce(self._group_loss_sum, reduction="sum")
-            counts = self.accelerator.reduce(self._group_loss_count, reduction="sum")
-            for name, s, n in zip(
-                self.group_vocab.names(grouping), sums.tolist(), counts.tolist(), strict=False
-            ):
-                if n > 0:
-                    logs[f"{grouping}/{name}/loss"] = s / n
-            self._group_loss_sum.zero_()
-            self._group_loss_count.zero_()
-        if "loss" in logs and self._term_steps:
-            for name, total in self._term_sums.items():
-                mean = self.accelerator.reduce(total / self._term_steps, reduction="mean")
-                logs[name] = float(mean)
-            if self.group_dro is not None:
-                for name, q in zip(self.group_vocab.names(grouping), self.group_dro.q.tolist(), strict=False):
-                    logs[f"group_dro/{name}/weight"] = q
-            self._term_sums, self._term_steps = {}, 0
+        """Add the running loss terms and per-group training loss (over all processes) to training logs."""
+        if "loss" in logs:
+            grouping = self.group_vocab.train_grouping
+            names = self.group_vocab.names(grouping)
+            logs.update(self.term_log.pop(self._reduce(), names, grouping))
+            logs.update(self.mitigations.state_logs(names))
         super().log(logs, start_time)
 
     # ----- evaluation -------------------------------------------------------------------------------
@@ -745,7 +584,7 @@ class FairTrainer(Trainer):
             return dataset
         return self.prepare_dataset(dataset, split)
 
-    # ----- saving -----------------------------------------------------------------------------------
+    # ----- training, checkpoints, saving ------------------------------------------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
         """``Trainer.train``, refusing to overwrite an earlier run in ``output_dir`` unless told to."""
         if not resume_from_checkpoint and not self._output_dir_checked and not self.args.overwrite_output_dir:
@@ -756,51 +595,22 @@ class FairTrainer(Trainer):
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], *args: Any, **kwargs: Any
     ) -> torch.Tensor:
-        """``Trainer.training_step``; with several processes, also averages the adversary head's gradients.
-
-        The head lives outside the DDP-wrapped model, so DDP does not average its gradients; done here
-        once per optimizer step (when accelerate syncs gradients).
-        """
+        """``Trainer.training_step``; with several processes, also averages the mitigations' own gradients
+        (the adversary head lives outside the DDP-wrapped model), once per optimizer step."""
         loss = super().training_step(model, inputs, *args, **kwargs)
-        if (
-            self.adversary is not None
-            and self.accelerator.num_processes > 1
-            and self.accelerator.sync_gradients
-        ):
-            for p in self.adversary.head.parameters():
-                if p.grad is not None:
-                    p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+        if self.accelerator.num_processes > 1 and self.accelerator.sync_gradients:
+            self.mitigations.sync_gradients(self._reduce())
         return loss
-
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        # The adversary head and GroupDRO's weights are training state, like the optimizer: they go into
-        # every checkpoint (not into the exported model) so that a resumed run continues exactly.
-        super()._save_checkpoint(model, trial)
-        state = self.mitigation_state()
-        if state and self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            torch.save(state, os.path.join(folder, MITIGATION_STATE_FILE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if not self.mitigations.stateful_parts():
+            return
         path = os.path.join(resume_from_checkpoint, MITIGATION_STATE_FILE)
-        if os.path.isfile(path):
-            self.load_mitigation_state(torch.load(path, map_location=self.args.device))
-
-    def mitigation_state(self) -> dict[str, Any]:
-        """State of the adversary head and of GroupDRO, as saved in checkpoints."""
-        state: dict[str, Any] = {}
-        if self.adversary is not None:
-            state["adversary"] = self.adversary.head.state_dict()
-        if self.group_dro is not None:
-            state["group_dro"] = self.group_dro.state_dict()
-        return state
-
-    def load_mitigation_state(self, state: dict[str, Any]) -> None:
-        if self.adversary is not None and "adversary" in state:
-            self.adversary.head.load_state_dict(state["adversary"])
-        if self.group_dro is not None and "group_dro" in state:
-            self.group_dro.load_state_dict(state["group_dro"])
+        state = torch.load(path, map_location=self.args.device) if os.path.isfile(path) else {}
+        reset = self.mitigations.load_state_dict(state)
+        if reset:
+            logger.warning(WARN_STATE_RESET.format(checkpoint=resume_from_checkpoint, parts=", ".join(reset)))
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         # The vocabulary travels with every checkpoint and the final model, so ids mean the same later.

@@ -58,8 +58,8 @@ def main(out_dir: str) -> None:
     rank = trainer.accelerator.process_index
     state = {
         "world_size": trainer.accelerator.num_processes,
-        "q": trainer.group_dro.q.tolist(),
-        "head": [p.detach().flatten().tolist() for p in trainer.adversary.head.parameters()],
+        "q": trainer.mitigations.group_dro.q.tolist(),
+        "head": [p.detach().flatten().tolist() for p in trainer.mitigations.adversary.head.parameters()],
         "model": [p.detach().flatten().tolist() for p in trainer.model.parameters()],
         "seen": seen,
     }

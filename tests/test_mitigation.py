@@ -16,8 +16,9 @@ from torch import nn
 
 import fairtune.mitigation as M
 from fairtune import FairTrainer, FairTrainingArguments
+from fairtune.mitigation.combined import ERR_MITIGATION_TWICE, ERR_REGRESSION_HEAD, WARN_STATE_RESET
 from fairtune.mitigation.registry import ERR_UNKNOWN_METHOD
-from fairtune.trainer import ERR_MITIGATION_TWICE, ERR_REGRESSION_HEAD, MITIGATION_STATE_FILE
+from fairtune.trainer import MITIGATION_STATE_FILE
 
 PENALTIES = [M.DemographicParity, M.EqualOpportunity, M.EqualizedOdds, M.LossParity, M.MinDiff]
 
@@ -246,10 +247,10 @@ def test_group_dro_update_follows_the_paper():
     sums, counts = torch.tensor([2.0, 6.0, 0.0]), torch.tensor([4.0, 4.0, 0.0])
     factor = dro.update(sums, counts)
     q = torch.tensor([1 / 3 * math.exp(0.5 * 0.5), 1 / 3 * math.exp(0.5 * 1.5), 1 / 3])
-    q = q / q.sum()
+    q = (q / q.sum()).double()
     torch.testing.assert_close(dro.q, q)
     # Weighted mean of the per-sample losses == sum_g q_g * mean loss of g, over the groups present.
-    torch.testing.assert_close((factor * sums).sum() / counts.sum(), q[0] * 0.5 + q[1] * 1.5)
+    torch.testing.assert_close((factor * sums).sum() / counts.sum(), (q[0] * 0.5 + q[1] * 1.5).float())
     assert factor[2] == 0
     with pytest.raises(ValueError, match="at least 2 training groups"):
         M.GroupDRO().setup(1)
@@ -258,6 +259,24 @@ def test_group_dro_update_follows_the_paper():
     big = M.GroupDRO(eta=10.0).setup(2)
     big.update(torch.tensor([1e4, 0.0]), torch.tensor([1.0, 1.0]))
     assert torch.isfinite(big.q).all()  # no overflow for huge losses
+
+
+def test_group_dro_follows_the_paper_when_log_weights_drift_far_apart():
+    # eta 0.01; 10,000 steps of group losses (1, 0), then 9,000 of (0, 1): log q_0 - log q_1 goes to 100, then
+    # back to 10, so q = softmax([10, 0]) = [0.99995, 4.54e-5]. A float32 q floored at 1e-38 forgot the lead
+    # beyond ~87 and ended at [0.076, 0.924].
+    dro = M.GroupDRO(eta=0.01).setup(2)
+    counts = torch.tensor([1.0, 1.0])
+    for _ in range(10_000):
+        dro.update(torch.tensor([1.0, 0.0]), counts)
+    for _ in range(9_000):
+        dro.update(torch.tensor([0.0, 1.0]), counts)
+    expected = torch.softmax(torch.tensor([10.0, 0.0], dtype=torch.float64), 0)
+    torch.testing.assert_close(dro.q, expected, rtol=1e-9, atol=1e-12)
+    # A checkpoint from before the state moved to log space (it held q) still loads.
+    old = M.GroupDRO().setup(2)
+    old.load_state_dict({"q": torch.tensor([0.25, 0.75])})
+    torch.testing.assert_close(old.q, torch.tensor([0.25, 0.75], dtype=torch.float64))
 
 
 # ----- effect on planted biases (each method vs the unmitigated run, same seed) ------------------------
@@ -313,8 +332,20 @@ def test_methods_combine_and_log_each_term(tmp_path):
     assert any(h["loss"] != pytest.approx(h["task_loss"], rel=1e-3) for h in logs)
 
 
+def test_two_penalties_of_one_class_log_under_their_own_keys():
+    mitigations = M.Mitigations([M.DemographicParity(1.0), M.DemographicParity(0.5, spread="l2_dev")])
+    batch, log = _batch(n=40, num_groups=2), M.TermLog()
+    total = mitigations.extra_loss(None, batch, step=0, log=log)
+    first, second = M.DemographicParity()(batch), M.DemographicParity(spread="l2_dev")(batch)
+    logs = log.pop(M.combined.identity_reduce, ["F", "M"], "sex")
+    assert set(logs) == {"penalty/demographic_parity_1", "penalty/demographic_parity_2"}
+    assert logs["penalty/demographic_parity_1"] == pytest.approx(first.item())
+    assert logs["penalty/demographic_parity_2"] == pytest.approx(second.item())
+    torch.testing.assert_close(total, first + 0.5 * second)
+
+
 # ----- GroupDRO and adversary state: checkpoints, resume, export ---------------------------------------
-def test_adversary_and_group_dro_state_resume_exactly(tmp_path):
+def test_adversary_and_group_dro_state_resume_exactly(tmp_path, caplog):
     def make(out):
         torch.manual_seed(0)
         args = fair_args(
@@ -341,11 +372,22 @@ def test_adversary_and_group_dro_state_resume_exactly(tmp_path):
     assert len(lrs) == 3  # decay, no decay, adversary head
     resumed = make("resumed")
     resumed.train(resume_from_checkpoint=str(checkpoint))
-    torch.testing.assert_close(resumed.group_dro.q, full.group_dro.q)
-    for a, b in zip(resumed.adversary.head.parameters(), full.adversary.head.parameters(), strict=True):
+    torch.testing.assert_close(resumed.mitigations.group_dro.q, full.mitigations.group_dro.q)
+    for a, b in zip(
+        resumed.mitigations.adversary.head.parameters(),
+        full.mitigations.adversary.head.parameters(),
+        strict=True,
+    ):
         torch.testing.assert_close(a, b)
     for a, b in zip(resumed.model.parameters(), full.model.parameters(), strict=True):
         torch.testing.assert_close(a, b)
+    # A checkpoint without the mitigation state (e.g. written by a plain Trainer) resumes with a warning
+    # that names what starts fresh.
+    (checkpoint / MITIGATION_STATE_FILE).unlink()
+    with caplog.at_level("WARNING", logger="fairtune.trainer"):
+        make("fresh").train(resume_from_checkpoint=str(checkpoint))
+    message = WARN_STATE_RESET.format(checkpoint=checkpoint, parts="adversary, group_dro")
+    assert message in caplog.text
     # The exported model is the model alone.
     full.save_model(str(tmp_path / "export"))
     from safetensors.torch import load_file
@@ -360,12 +402,13 @@ def test_adversary_on_hidden_states_of_a_lora_wrapped_model(tmp_path, tokenizer)
     data = text_dataset(64).map(lambda b: tokenizer(b["text"]), batched=True)
     args = fair_args(tmp_path, max_steps=3, adversary="equalized_odds", adversary_hidden_size=8)
     trainer = FairTrainer(model, args, train_dataset=data, processing_class=tokenizer)
-    head_before = [p.detach().clone() for p in trainer.adversary.head.parameters()]
+    head_before = [p.detach().clone() for p in trainer.mitigations.adversary.head.parameters()]
     lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     trainer.train()
-    assert trainer.adversary.head[0].in_features == 16 + 2  # hidden size + one-hot label
+    assert trainer.mitigations.adversary.head[0].in_features == 16 + 2  # hidden size + one-hot label
     assert any(
-        not torch.equal(a, b) for a, b in zip(head_before, trainer.adversary.head.parameters(), strict=True)
+        not torch.equal(a, b)
+        for a, b in zip(head_before, trainer.mitigations.adversary.head.parameters(), strict=True)
     )
     assert any(not torch.equal(lora_before[n], p) for n, p in model.named_parameters() if n in lora_before)
     assert math.isfinite(trainer.state.log_history[-2]["adversary/loss"])
@@ -385,7 +428,7 @@ def test_methods_by_name_from_arguments(tmp_path):
         adversary_input="logits",
         adversary_weight=0.2,
     )
-    penalty, reweighter, adversary = M.from_args(args)
+    penalty, reweighter, adversary = M.Mitigations.from_args(args)
     assert (penalty.weight, penalty.spread, penalty.warmup_steps) == (0.3, "l2_dev", 5)
     assert isinstance(reweighter, M.BalancedGroup) and reweighter.mode == "sampler"
     assert adversary.weight == 0.2 and adversary.input == "logits"
@@ -411,9 +454,9 @@ def test_methods_by_name_from_arguments(tmp_path):
         extra |= {"reweighting": "kamiran_calders"} if field == "reweighting_mode" else {}
         extra |= {"adversary": "group"} if field == "adversary_weight" else {}
         with pytest.raises(ValueError, match=re.escape(fragment)):
-            fair_args(tmp_path, **{field: value}, **extra)
+            M.Mitigations.from_args(fair_args(tmp_path, **{field: value}, **extra))
     with pytest.raises(ValueError, match="no sampler mode"):
-        fair_args(tmp_path, reweighting="group_dro", reweighting_mode="sampler")
+        M.Mitigations.from_args(fair_args(tmp_path, reweighting="group_dro", reweighting_mode="sampler"))
 
 
 def test_custom_penalty_plugs_in_as_object_and_by_registered_name(tmp_path):
@@ -430,7 +473,7 @@ def test_custom_penalty_plugs_in_as_object_and_by_registered_name(tmp_path):
     assert math.isfinite(metrics["eval_loss"])
     M.register("penalty", "worst_group_loss_test")(WorstGroupLoss)
     args = fair_args(tmp_path, penalty="worst_group_loss_test", penalty_weight=0.7)
-    (penalty,) = M.from_args(args)
+    (penalty,) = M.Mitigations.from_args(args)
     assert isinstance(penalty, WorstGroupLoss) and penalty.weight == 0.7
     with pytest.raises(ValueError, match="already registered"):
         M.register("penalty", "demographic_parity")(WorstGroupLoss)
@@ -479,7 +522,7 @@ def test_thresholds_fitted_on_validation_cut_the_test_gap(tmp_path):
 
 
 def test_threshold_method_needs_validation_data_and_a_binary_model(tmp_path, tabular):
-    from fairtune.trainer import ERR_POSTPROCESS_BINARY, ERR_POSTPROCESS_NO_VALIDATION
+    from fairtune.mitigation.combined import ERR_POSTPROCESS_BINARY, ERR_POSTPROCESS_NO_VALIDATION
 
     args = fair_args(tmp_path, post_processing="equalized_odds")
     with pytest.raises(
@@ -490,3 +533,28 @@ def test_threshold_method_needs_validation_data_and_a_binary_model(tmp_path, tab
     with pytest.raises(ValueError, match=re.escape(message)):
         FairTrainer(MLP(num_labels=3), args, train_dataset=biased_tabular(num_labels=3), eval_dataset=tabular)
     assert not (tmp_path / "out").exists()
+
+
+def test_registry_imports_no_method_module_and_methods_build_themselves(tmp_path):
+    import ast
+    import inspect as ins
+
+    tree = ast.parse(ins.getsource(M.registry))
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m.startswith("fairtune")], imported
+    for kind in M.registry.KINDS:
+        for name in M.names(kind):
+            assert callable(M.lookup(kind, name).from_args), (kind, name)
+    with pytest.raises(TypeError, match="has no from_args"):
+        M.register("penalty", "no_builder")(type("NoBuilder", (), {}))
+
+
+def test_custom_options_reach_a_method_and_unknown_ones_are_refused(tmp_path):
+    args = fair_args(tmp_path, penalty="mindiff", penalty_weight=0.2)
+    args.penalty_options = {"labels": [0], "bandwidth": 0.3}
+    (penalty,) = M.Mitigations.from_args(args)
+    assert penalty.labels == [0] and penalty.bandwidth == 0.3 and penalty.weight == 0.2
+    args.penalty_options = {"bandwith": 0.3}
+    with pytest.raises(ValueError, match=r"penalty_options \['bandwith'\] are not options of MinDiff"):
+        M.Mitigations.from_args(args)

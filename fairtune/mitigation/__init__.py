@@ -1,22 +1,19 @@
 """Mitigation methods that plug into ``FairTrainer``.
 
 * Penalties (loss wrappers): ``DemographicParity``, ``EqualOpportunity``, ``EqualizedOdds``, ``LossParity``,
-  ``MinDiff``, or any subclass of ``Penalty``.
+  ``MinDiff``, or any subclass of ``Penalty`` (a rate penalty is a ``RatePenalty`` with a ``statistic``).
 * Adversarial debiasing: ``Adversary`` (and ``EqualizedOddsAdversary``).
 * Reweighting and sampling: ``KamiranCalders``, ``BalancedGroup``, ``BalancedLabel``,
   ``BalancedGroupLabel`` (as loss weights or as a sampler), and ``GroupDRO``.
 * Post-processing: ``GroupThresholds``.
 
 Pass objects as ``FairTrainer(..., mitigations=[...])``, or name them in a config (``penalty:``,
-``reweighting:``, ``adversary:``, ``post_processing:``); methods combine.
+``reweighting:``, ``adversary:``, ``post_processing:``); methods combine into one ``Mitigations`` object.
+Importing this package registers the built-in methods (``registry`` itself imports none of them).
 """
 
-from __future__ import annotations
-
-import inspect
-from typing import Any
-
 from fairtune.mitigation.adversary import Adversary, EqualizedOddsAdversary, grad_reverse
+from fairtune.mitigation.combined import Mitigations, TermLog
 from fairtune.mitigation.penalties import (
     DemographicParity,
     EqualizedOdds,
@@ -25,10 +22,14 @@ from fairtune.mitigation.penalties import (
     MinDiff,
     Penalty,
     PenaltyBatch,
+    RatePenalty,
     group_rates,
+    group_sums,
+    rates_from_sums,
     spread,
 )
-from fairtune.mitigation.registry import lookup, names, register
+from fairtune.mitigation.postprocess import GroupThresholds
+from fairtune.mitigation.registry import build, lookup, names, register
 from fairtune.mitigation.reweighting import (
     BalancedGroup,
     BalancedGroupLabel,
@@ -49,64 +50,24 @@ __all__ = [
     "EqualizedOdds",
     "EqualizedOddsAdversary",
     "GroupDRO",
+    "GroupThresholds",
     "KamiranCalders",
     "LossParity",
     "MinDiff",
+    "Mitigations",
     "Penalty",
     "PenaltyBatch",
+    "RatePenalty",
     "Reweighter",
+    "TermLog",
     "WeightedEpochSampler",
-    "from_args",
+    "build",
     "grad_reverse",
     "group_rates",
+    "group_sums",
     "lookup",
     "names",
-    "post_processing_from_args",
+    "rates_from_sums",
     "register",
     "spread",
 ]
-
-ERR_DRO_SAMPLER = "reweighting 'group_dro' adapts its weights during training; it has no sampler mode."
-
-
-def _construct(cls: Any, options: dict[str, Any]) -> Any:
-    """Call ``cls`` with the options its signature accepts (custom methods need not take them all)."""
-    params = inspect.signature(cls).parameters
-    return cls(**{k: v for k, v in options.items() if k in params})
-
-
-def from_args(args: Any) -> list[Any]:
-    """The mitigation objects ``args`` (``FairTrainingArguments``) names: penalty, reweighting, adversary."""
-    methods: list[Any] = []
-    if args.penalty:
-        options = {
-            "weight": args.penalty_weight,
-            "warmup_steps": args.penalty_warmup_steps,
-            "spread": args.penalty_spread,
-            "bandwidth": args.mindiff_bandwidth,
-        }
-        methods.append(_construct(lookup("penalty", args.penalty), options))
-    if args.reweighting:
-        cls = lookup("reweighting", args.reweighting)
-        if cls is GroupDRO:
-            if args.reweighting_mode != "weights":
-                raise ValueError(ERR_DRO_SAMPLER)
-            methods.append(GroupDRO(eta=args.group_dro_eta))
-        else:
-            methods.append(_construct(cls, {"mode": args.reweighting_mode}))
-    if args.adversary:
-        options = {
-            "input": args.adversary_input,
-            "weight": args.adversary_weight,
-            "hidden_size": args.adversary_hidden_size,
-            "learning_rate": args.adversary_learning_rate,
-        }
-        methods.append(_construct(lookup("adversary", args.adversary), options))
-    return methods
-
-
-def post_processing_from_args(args: Any) -> Any:
-    """The (unfitted) post-processing object ``args.post_processing`` names, or None."""
-    if not args.post_processing:
-        return None
-    return lookup("post_processing", args.post_processing)()

@@ -12,13 +12,14 @@ on resume. It never becomes part of the exported model.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fairtune.mitigation.registry import register
+from fairtune.mitigation.registry import construct, register
 
 INPUTS = ("hidden", "logits")
 ERR_INPUT = "Adversary input must be one of {valid}; got {value!r}."
@@ -59,6 +60,7 @@ def pool_hidden(hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
     return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
 
 
+@register("adversary", "group")
 class Adversary:
     """A group-predicting head on the model's representation, trained through gradient reversal.
 
@@ -85,7 +87,7 @@ class Adversary:
     ):
         if input not in INPUTS:
             raise ValueError(ERR_INPUT.format(valid=", ".join(INPUTS), value=input))
-        if not (weight >= 0 and weight != float("inf")):
+        if not (weight >= 0 and math.isfinite(weight)):
             raise ValueError(ERR_WEIGHT.format(weight=weight))
         if hidden_size < 0:
             raise ValueError(ERR_POSITIVE.format(name="hidden_size", value=hidden_size))
@@ -98,6 +100,18 @@ class Adversary:
         self.learning_rate = learning_rate
         self.head: nn.Module | None = None
         self.num_labels = 0
+
+    @classmethod
+    def from_args(cls, args: Any) -> Adversary:
+        """Build from ``FairTrainingArguments``: ``adversary_input``, ``adversary_weight``,
+        ``adversary_hidden_size``, ``adversary_learning_rate`` and ``adversary_options``."""
+        standard = {
+            "input": args.adversary_input,
+            "weight": args.adversary_weight,
+            "hidden_size": args.adversary_hidden_size,
+            "learning_rate": args.adversary_learning_rate,
+        }
+        return construct(cls, standard, getattr(args, "adversary_options", None) or {}, "adversary")
 
     def build(self, model: nn.Module, num_groups: int, num_labels: int) -> nn.Module:
         """Create the head for ``model``'s representation size; returns it (float32, on the CPU)."""
@@ -149,9 +163,6 @@ class Adversary:
             f"Adversary(input={self.input!r}, conditional={self.conditional}, weight={self.weight}, "
             f"hidden_size={self.hidden_size}, learning_rate={self.learning_rate})"
         )
-
-
-register("adversary", "group")(Adversary)
 
 
 @register("adversary", "equalized_odds")

@@ -1,10 +1,17 @@
 """Differentiable fairness penalties: loss wrappers added to the task loss of every training batch.
 
-A penalty follows the split fairret uses: a *statistic* per group, a numerator and a denominator summed over
-the batch (soft selection rate, soft TPR / FPR, mean loss), and a *spread* that penalises how far the groups'
-statistics lie apart. Soft statistics use predicted probabilities instead of hard decisions, so the gradient
-reaches the logits. A group absent from the batch has a zero denominator; it is masked out of the spread,
-never divided by, so no batch yields NaN or inf.
+A penalty follows the split fairret uses: a *statistic* per group and a *spread* over groups.
+
+* The statistic is a pair of (G, K) sums over the batch: a numerator (e.g. the summed probability of the
+  positive class) and a denominator (the number of samples that count). ``RatePenalty.statistic`` gives the
+  per-sample values and 0/1 selections, ``group_sums`` adds them up per group, ``rates_from_sums`` divides.
+  Sums, not ratios, are what the batch provides, so they can be added across processes or micro-batches
+  before any rate is taken.
+* The spread (``spread``) penalises how far the groups' rates lie apart.
+
+A new rate penalty is therefore only a statistic (see ``DemographicParity``). Soft statistics use predicted
+probabilities instead of hard decisions, so the gradient reaches the logits. A group absent from the batch has
+a zero denominator: it is masked out of the spread, never divided by, so no batch yields NaN or inf.
 
 Binary tasks use the positive class only; with C > 2 classes every class is a column of the statistic (the
 selection rate of class c, the recall of class c, ...), and the spread is taken over all of them.
@@ -15,14 +22,16 @@ the gradients.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fairtune.mitigation.registry import register
+from fairtune.mitigation.registry import construct, register
 
 SPREADS = ("max_gap", "mean_abs_dev", "l2_dev")
 ERR_SPREAD = "spread must be one of {valid}; got {spread!r}."
@@ -36,11 +45,19 @@ class PenaltyBatch:
     """What a penalty sees of one training micro-batch.
 
     Attributes:
-        logits: (N, C) model outputs.
-        labels: (N,) class ids.
-        groups: (N,) group ids in ``[0, num_groups)``.
-        num_groups: G, the number of training groups.
-        losses: (N,) per-sample task loss, before any sample weights.
+        logits: (N, C) model outputs (any dtype; statistics are taken in float32).
+        labels: (N,) class ids in ``[0, C)``.
+        groups: (N,) group ids in ``[0, num_groups)`` of the training grouping (``group_by``).
+        num_groups: G, the number of groups in the training vocabulary; every statistic has G rows, also
+            for groups absent from this batch (their denominators are 0).
+        losses: (N,) per-sample task loss, before any sample weights, with its graph.
+
+    Derived (computed once per batch and cached):
+        probs: (N, C) softmax of the logits, float32.
+        membership: (N, G) one-hot group membership, float32.
+        class_columns(): (N, K) probabilities of the classes a statistic is taken over: K = 1 (the positive
+            class) when C = 2, else K = C.
+        label_columns(): (N, K) 0/1 indicator that the label is each column's class.
     """
 
     logits: Tensor
@@ -69,8 +86,8 @@ class PenaltyBatch:
         return onehot[:, 1:] if onehot.shape[1] == 2 else onehot
 
 
-def group_rates(values: Tensor, select: Tensor, membership: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-group means of ``values`` over the selected samples.
+def group_sums(values: Tensor, select: Tensor, membership: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-group numerator and denominator of a rate: sums of ``values * select`` and of ``select``.
 
     Args:
         values: (N, K) per-sample values (e.g. probabilities).
@@ -79,14 +96,25 @@ def group_rates(values: Tensor, select: Tensor, membership: Tensor) -> tuple[Ten
         membership: (N, G) group membership.
 
     Returns:
-        rates (G, K) (0 where undefined), present (G, K) bool (denominator > 0), overall (K,) pooled rate.
+        num (G, K), den (G, K).
     """
-    num = membership.T @ (values * select)
-    den = membership.T @ select
+    return membership.T @ (values * select), membership.T @ select
+
+
+def rates_from_sums(num: Tensor, den: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Rates from (G, K) sums -> rates (G, K) (0 where undefined), present (G, K) bool, overall (K,)."""
     present = den > 0
     rates = num / den.clamp_min(1e-12) * present
     overall = num.sum(0) / den.sum(0).clamp_min(1e-12)
     return rates, present, overall
+
+
+def group_rates(values: Tensor, select: Tensor, membership: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-group means of ``values`` over the selected samples: ``rates_from_sums(*group_sums(...))``.
+
+    Shapes as in ``group_sums``; returns rates (G, K), present (G, K) bool, overall (K,).
+    """
+    return rates_from_sums(*group_sums(values, select, membership))
 
 
 def spread(rates: Tensor, present: Tensor, overall: Tensor, how: str = "max_gap") -> Tensor:
@@ -121,8 +149,9 @@ def spread(rates: Tensor, present: Tensor, overall: Tensor, how: str = "max_gap"
 class Penalty:
     """Base class of a fairness penalty added to the task loss: ``weight * compute(batch)``.
 
-    Subclasses set ``name`` and implement ``compute(batch) -> scalar``. ``needs_labels`` says the penalty uses
-    class labels (all penalties of a classifier do; it is checked against regression heads).
+    Subclasses set ``name`` and implement ``compute(batch) -> scalar``; a penalty on the spread of a per-group
+    rate subclasses ``RatePenalty`` and implements only ``statistic``. ``needs_labels`` says the penalty uses
+    class labels (checked against regression heads).
 
     Args:
         weight: multiplier of the penalty (lambda), >= 0.
@@ -133,12 +162,23 @@ class Penalty:
     needs_labels = True
 
     def __init__(self, weight: float = 1.0, warmup_steps: int = 0):
-        if not (weight >= 0 and weight != float("inf")):  # also rejects NaN
+        if not (weight >= 0 and math.isfinite(weight)):  # also rejects NaN
             raise ValueError(ERR_WEIGHT.format(name=self.name, weight=weight))
         if warmup_steps < 0:
             raise ValueError(ERR_WARMUP.format(name=self.name, warmup=warmup_steps))
         self.weight = float(weight)
         self.warmup_steps = int(warmup_steps)
+
+    @classmethod
+    def from_args(cls, args: Any) -> Penalty:
+        """Build from ``FairTrainingArguments``: ``penalty_weight``, ``penalty_warmup_steps``,
+        ``penalty_spread`` (if the class takes a spread) and the free-form ``penalty_options`` mapping."""
+        standard = {
+            "weight": args.penalty_weight,
+            "warmup_steps": args.penalty_warmup_steps,
+            "spread": args.penalty_spread,
+        }
+        return construct(cls, standard, getattr(args, "penalty_options", None) or {}, "penalty")
 
     def weight_at(self, step: int) -> float:
         """The weight at optimizer step ``step`` (after warm-up: ``weight``)."""
@@ -157,8 +197,12 @@ class Penalty:
         return f"{type(self).__name__}(weight={self.weight}, warmup_steps={self.warmup_steps}, {extra})"
 
 
-class _RatePenalty(Penalty):
-    """A penalty on the spread of one per-group rate."""
+class RatePenalty(Penalty):
+    """A penalty on the spread of one per-group rate: subclasses give the rate's per-sample ``statistic``.
+
+    Args:
+        spread: ``max_gap``, ``mean_abs_dev`` or ``l2_dev`` (see ``spread``).
+    """
 
     def __init__(self, weight: float = 1.0, warmup_steps: int = 0, spread: str = "max_gap"):
         super().__init__(weight, warmup_steps)
@@ -166,55 +210,57 @@ class _RatePenalty(Penalty):
             raise ValueError(ERR_SPREAD.format(valid=", ".join(SPREADS), spread=spread))
         self.spread = spread
 
+    def statistic(self, batch: PenaltyBatch) -> tuple[Tensor, Tensor]:
+        """Per-sample values (N, K) and 0/1 selections (N, K) whose per-group ratio of sums is the rate."""
+        raise NotImplementedError(f"{type(self).__name__} must implement statistic(batch)")
+
+    def compute(self, batch: PenaltyBatch) -> Tensor:
+        num, den = group_sums(*self.statistic(batch), batch.membership)
+        return spread(*rates_from_sums(num, den), self.spread)
+
 
 @register("penalty", "demographic_parity")
-class DemographicParity(_RatePenalty):
+class DemographicParity(RatePenalty):
     """Spread of the soft selection rate E[p(y=c)] across groups (Zemel et al. 2013; FFB's DiffDP)."""
 
     name = "demographic_parity"
 
-    def compute(self, batch: PenaltyBatch) -> Tensor:
+    def statistic(self, batch: PenaltyBatch) -> tuple[Tensor, Tensor]:
         probs = batch.class_columns()
-        rates, present, overall = group_rates(probs, torch.ones_like(probs), batch.membership)
-        return spread(rates, present, overall, self.spread)
+        return probs, torch.ones_like(probs)
 
 
 @register("penalty", "equal_opportunity")
-class EqualOpportunity(_RatePenalty):
+class EqualOpportunity(RatePenalty):
     """Spread of the soft TPR E[p(y=c) | y=c] across groups (Hardt et al. 2016's criterion, relaxed)."""
 
     name = "equal_opportunity"
 
-    def compute(self, batch: PenaltyBatch) -> Tensor:
-        rates, present, overall = group_rates(batch.class_columns(), batch.label_columns(), batch.membership)
-        return spread(rates, present, overall, self.spread)
+    def statistic(self, batch: PenaltyBatch) -> tuple[Tensor, Tensor]:
+        return batch.class_columns(), batch.label_columns()
 
 
 @register("penalty", "equalized_odds")
-class EqualizedOdds(_RatePenalty):
+class EqualizedOdds(RatePenalty):
     """Spread of the soft TPR and FPR E[p(y=c) | y != c] across groups, taken over both (FFB's DiffEOdd)."""
 
     name = "equalized_odds"
 
-    def compute(self, batch: PenaltyBatch) -> Tensor:
+    def statistic(self, batch: PenaltyBatch) -> tuple[Tensor, Tensor]:
         probs, positive = batch.class_columns(), batch.label_columns()
         # Columns [TPR of each class | FPR of each class]: one spread over both, like the metric's max.
-        values = torch.cat([probs, probs], dim=1)
-        select = torch.cat([positive, 1.0 - positive], dim=1)
-        rates, present, overall = group_rates(values, select, batch.membership)
-        return spread(rates, present, overall, self.spread)
+        return torch.cat([probs, probs], dim=1), torch.cat([positive, 1.0 - positive], dim=1)
 
 
 @register("penalty", "loss_parity")
-class LossParity(_RatePenalty):
+class LossParity(RatePenalty):
     """Spread of the mean task loss across groups: accuracy parity through its differentiable surrogate."""
 
     name = "loss_parity"
 
-    def compute(self, batch: PenaltyBatch) -> Tensor:
+    def statistic(self, batch: PenaltyBatch) -> tuple[Tensor, Tensor]:
         losses = batch.losses.float().unsqueeze(1)
-        rates, present, overall = group_rates(losses, torch.ones_like(losses), batch.membership)
-        return spread(rates, present, overall, self.spread)
+        return losses, torch.ones_like(losses)
 
 
 @register("penalty", "mindiff")
@@ -242,6 +288,13 @@ class MinDiff(Penalty):
             raise ValueError(ERR_BANDWIDTH.format(bandwidth=bandwidth))
         self.bandwidth = float(bandwidth)
         self.labels = list(labels) if labels is not None else None
+
+    @classmethod
+    def from_args(cls, args: Any) -> Penalty:
+        """As ``Penalty.from_args``, plus ``mindiff_bandwidth`` (``penalty_options`` may override it)."""
+        options = {"bandwidth": args.mindiff_bandwidth} | dict(getattr(args, "penalty_options", None) or {})
+        standard = {"weight": args.penalty_weight, "warmup_steps": args.penalty_warmup_steps}
+        return construct(cls, standard, options, "penalty")
 
     def compute(self, batch: PenaltyBatch) -> Tensor:
         scores, member = batch.class_columns(), batch.membership

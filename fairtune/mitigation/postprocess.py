@@ -32,6 +32,8 @@ from typing import Any, TypeAlias
 import numpy as np
 import torch
 
+from fairtune.mitigation.registry import register
+
 __all__ = ["OBJECTIVES", "THRESHOLDS_FILE", "GroupThresholds"]
 
 # numpy array, torch tensor, pandas Series or list.
@@ -76,6 +78,9 @@ RULE_KEYS = ("t_hi", "t_lo", "p_hi", "p_mid", "p_lo")
 _PLAIN_THRESHOLD = 0.5
 
 
+@register("post_processing", "equalized_odds")
+@register("post_processing", "equal_opportunity")
+@register("post_processing", "demographic_parity")
 class GroupThresholds:
     """Group-specific (randomized) decision rules for a binary classifier's positive-class score.
 
@@ -116,6 +121,11 @@ class GroupThresholds:
         self.group_stats_: list[dict[str, float | int | None]] = []
         self.accuracy_before_: float | None = None
         self.accuracy_after_: float | None = None
+
+    @classmethod
+    def from_args(cls, args: Any) -> GroupThresholds:
+        """Unfitted thresholds for the objective ``FairTrainingArguments.post_processing`` names."""
+        return cls(args.post_processing)
 
     @property
     def num_groups(self) -> int:

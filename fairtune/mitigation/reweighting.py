@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import Sampler
 
-from fairtune.mitigation.registry import register
+from fairtune.mitigation.registry import construct, register
 
 MODES = ("weights", "sampler")
 ERR_MODE = "Reweighting mode must be one of {valid}; got {mode!r}."
@@ -26,6 +27,7 @@ ERR_ETA = "GroupDRO step size eta must be a finite number > 0; got {eta}."
 ERR_DRO_GROUPS = (
     "GroupDRO needs at least 2 training groups to weigh against each other; the grouping has {count}."
 )
+ERR_DRO_SAMPLER = "reweighting 'group_dro' adapts its weights during training; it has no sampler mode."
 ERR_SAMPLER_WEIGHTS = "Sampler weights must be a 1-D tensor of finite values >= 0 with a positive sum."
 
 
@@ -54,6 +56,12 @@ class Reweighter:
             raise ValueError(ERR_MODE.format(valid=", ".join(MODES), mode=mode))
         self.mode = mode
         self.weights: Tensor | None = None  # (G, C), float32
+
+    @classmethod
+    def from_args(cls, args: Any) -> Reweighter:
+        """Build from ``FairTrainingArguments``: ``reweighting_mode`` and ``reweighting_options``."""
+        options = getattr(args, "reweighting_options", None) or {}
+        return construct(cls, {"mode": args.reweighting_mode}, options, "reweighting")
 
     def table(self, counts: Tensor) -> Tensor:
         raise NotImplementedError
@@ -177,8 +185,10 @@ class GroupDRO:
 
     Every training batch first updates q_g <- q_g * exp(eta * L_g) for the groups in the batch (L_g their
     mean loss) and renormalises, then weighs the batch so its loss is sum_g q_g L_g: sample i of group g gets
-    weight q_g * N / n_g. The weights q are summed over processes before the update, so all processes keep
-    the same q; the trainer saves q in every checkpoint and restores it on resume.
+    weight q_g * N / n_g. The state is log q, updated as log q <- log_softmax(log q + eta * L): q itself
+    underflows once two groups' log-weights differ by more than ~87 (float32), after which a multiplicative
+    update could no longer follow the paper's. The losses are summed over processes before the update, so
+    all processes keep the same q; the trainer saves the state in every checkpoint and restores it on resume.
 
     Args:
         eta: step size of the exponentiated-gradient update.
@@ -191,34 +201,58 @@ class GroupDRO:
         if not (eta > 0 and math.isfinite(eta)):
             raise ValueError(ERR_ETA.format(eta=eta))
         self.eta = float(eta)
-        self.q: Tensor | None = None  # (G,)
+        self.log_q: Tensor | None = None  # (G,) float64
+
+    @classmethod
+    def from_args(cls, args: Any) -> GroupDRO:
+        """Build from ``FairTrainingArguments``: ``group_dro_eta`` and ``reweighting_options``."""
+        if args.reweighting_mode != "weights":
+            raise ValueError(ERR_DRO_SAMPLER)
+        options = getattr(args, "reweighting_options", None) or {}
+        return construct(cls, {"eta": args.group_dro_eta}, options, "reweighting")
+
+    @property
+    def q(self) -> Tensor | None:
+        """(G,) group weights, summing to 1."""
+        return None if self.log_q is None else self.log_q.exp()
 
     def setup(self, num_groups: int, device: torch.device | str = "cpu") -> GroupDRO:
         if num_groups < 2:
             raise ValueError(ERR_DRO_GROUPS.format(count=num_groups))
-        # A fresh start: a resumed run restores q from its checkpoint afterwards.
-        self.q = torch.full((num_groups,), 1.0 / num_groups, device=device)
+        # A fresh start: a resumed run restores log q from its checkpoint afterwards.
+        self.log_q = torch.full((num_groups,), -math.log(num_groups), dtype=torch.float64, device=device)
+        return self
+
+    def to(self, device: torch.device | str) -> GroupDRO:
+        if self.log_q is not None:
+            self.log_q = self.log_q.to(device)
         return self
 
     def update(self, loss_sums: Tensor, counts: Tensor) -> Tensor:
         """Update q from per-group loss sums (G,) and sample counts (G,) of a batch; returns (G,) weights.
 
-        The returned factor per group is q_g * N / n_g (0 for absent groups): multiply each sample's loss.
+        The returned factor per group is q_g * N / n_g (0 for absent groups), in the dtype of ``loss_sums``:
+        multiply each sample's loss by it.
         """
-        if self.q is None:
+        if self.log_q is None:
             raise RuntimeError(ERR_NOT_FITTED.format(name="GroupDRO"))
         present = counts > 0
-        mean_loss = loss_sums / counts.clamp_min(1)
-        # In log space, so a large loss cannot overflow exp(); an absent group keeps its q until renormalised.
-        self.q = torch.softmax(self.q.clamp_min(1e-38).log() + self.eta * mean_loss * present, dim=0)
-        return self.q * counts.sum() / counts.clamp_min(1) * present
+        mean_loss = loss_sums.double() / counts.double().clamp_min(1)
+        # An absent group keeps its log-weight until the renormalisation.
+        self.log_q = torch.log_softmax(self.log_q + self.eta * mean_loss * present, dim=0)
+        factor = self.log_q.exp() * counts.sum().double() / counts.double().clamp_min(1) * present
+        return factor.to(loss_sums.dtype)
 
     def state_dict(self) -> dict[str, Tensor | None]:
-        return {"q": None if self.q is None else self.q.detach().cpu()}
+        return {"log_q": None if self.log_q is None else self.log_q.detach().cpu()}
 
     def load_state_dict(self, state: dict[str, Tensor | None]) -> None:
-        device = self.q.device if self.q is not None else "cpu"
-        self.q = None if state["q"] is None else state["q"].to(device)
+        device = self.log_q.device if self.log_q is not None else "cpu"
+        if "log_q" in state:
+            log_q = state["log_q"]
+        else:  # checkpoints written before the state moved to log space hold q itself
+            log_q = None if state["q"] is None else state["q"].double().clamp_min(1e-300).log()
+        self.log_q = None if log_q is None else log_q.to(device=device, dtype=torch.float64)
 
     def __repr__(self) -> str:
         return f"GroupDRO(eta={self.eta})"
