@@ -220,7 +220,8 @@ class FairTrainer(Trainer):
             if GroupVocabulary(args.group_by).train_grouping != trained:
                 raise ValueError(ERR_VOCAB_GROUPING.format(group_by=args.group_by, trained=trained))
             for spec in args.eval_group_by or []:
-                if GroupVocabulary(spec).train_grouping not in group_vocab.groupings:  # a loaded vocabulary may lack a newly asked grouping
+                # A loaded vocabulary may lack a newly asked grouping.
+                if GroupVocabulary(spec).train_grouping not in group_vocab.groupings:
                     raise ValueError(
                         ERR_VOCAB_MISSING_GROUPING.format(spec=spec, have=list(group_vocab.groupings))
                     )
