@@ -101,7 +101,8 @@ def augment_training_data(train: Any, args: DataArguments) -> Any:
 
     Only training data changes: evaluation must measure the model on data as it comes.
     """
-    from fairtune.data.augment import WordPairs, augment_counterfactual, oversample
+    from fairtune.data.counterfactual import WordPairs, augment_counterfactual
+    from fairtune.data.oversampling import oversample
 
     if args.counterfactual_augmentation:
         pairs = None
