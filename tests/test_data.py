@@ -328,3 +328,23 @@ def test_check_splits_before_any_model(tmp_path):
     single = _csv(tmp_path / "single.csv", "text,label,score", _rows(12, score=lambda i: "1.0"))
     with pytest.raises(ValueError, match="only 1 group"):
         load_raw_datasets(_files(train_file=single), groupings=["score"])
+
+
+def test_data_package_exports_and_imports_light():
+    # fairtune.data is imported by the CLI before any command runs: no torch, transformers, datasets or
+    # pandas at import time. The parent package is stubbed so only fairtune.data's own imports count.
+    import subprocess
+    import sys
+
+    import fairtune
+
+    code = (
+        "import sys, types; pkg = types.ModuleType('fairtune'); pkg.__path__ = [sys.argv[1]]; "
+        "sys.modules['fairtune'] = pkg; import fairtune.data as d; "
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'pandas') if m in sys.modules]; "
+        "print(heavy, sorted(d.__all__))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, fairtune.__path__[0]], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.startswith("[] ") and "'load_adult'" in out and "'oversample'" in out and "'WordPairs'" in out
