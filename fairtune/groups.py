@@ -23,17 +23,22 @@ GROUP_COLUMN_PREFIX = "group:"
 INTERSECTION_SEPARATOR = "+"
 VALUE_SEPARATOR = "|"
 VOCAB_FILE = "group_vocab.json"
+MAX_ROWS_SHOWN = 5  # rows an error message lists
 
 ERR_EMPTY_SPEC = "A grouping must name at least one attribute column; got {spec!r}."
 ERR_MISSING_COLUMN = (
-    "The {split} dataset has no column {column!r} (named by {what}). Its columns are: {columns}."
+    "The {split} data has no column {column!r} (named by {what}). Its columns are: {columns}."
 )
 ERR_MISSING_VALUES = (
-    "Column {column!r} of the {split} dataset has {count} missing or NaN value(s) (first at row {row}); "
-    "drop or fill them before training."
+    "Column {column!r} (named by {what}) of the {split} data has {count} missing or NaN value(s), at row(s) "
+    "{rows} (numbered from 0, not counting a header); drop or fill them first: a group or a label cannot be "
+    "missing."
+)
+ERR_MISSING_VALUE = (
+    "Attribute {column!r} of grouping {grouping!r} is missing or NaN in a row; a group cannot be missing."
 )
 ERR_SINGLE_GROUP = (
-    "Grouping {grouping!r} has only {count} group(s) in the {split} dataset ({values}); fairness metrics and "
+    "Grouping {grouping!r} has only {count} group(s) in the {split} data ({values}); fairness metrics and "
     "mitigation need at least two. Choose another attribute or check the data."
 )
 ERR_NOT_FITTED = "Grouping {grouping!r} has no vocabulary yet: fit it on the training data first."
@@ -42,6 +47,16 @@ ERR_NOT_FITTED = "Grouping {grouping!r} has no vocabulary yet: fit it on the tra
 def group_column(grouping: str) -> str:
     """Name of the dataset column / batch key that carries a grouping's ids, e.g. ``"group:sex+race"``."""
     return f"{GROUP_COLUMN_PREFIX}{grouping}"
+
+
+def groupings_of(group_by: str | Sequence[str], eval_group_by: Sequence[str] | None = None) -> list[str]:
+    """The canonical list of a run's groupings: the training one first, then the evaluation ones.
+
+    Names are normalised (``"sex + race"`` -> ``"sex+race"``) and duplicates dropped, so every module that
+    lists groupings (vocabulary, reports, audits) lists the same ones in the same order.
+    """
+    names = [INTERSECTION_SEPARATOR.join(parse_grouping(g)) for g in [group_by, *(eval_group_by or [])]]
+    return list(dict.fromkeys(names))
 
 
 def parse_grouping(spec: str | Sequence[str]) -> tuple[str, ...]:
@@ -74,6 +89,11 @@ class Grouping:
         return INTERSECTION_SEPARATOR.join(self.attributes)
 
     def value_of(self, row: dict[str, Any]) -> str:
+        """Joined attribute values of one row, e.g. ``"Female|Black"``; a missing value is an error, never
+        a group named ``'None'`` or ``'nan'``."""
+        for a in self.attributes:
+            if is_missing(row[a]):
+                raise ValueError(ERR_MISSING_VALUE.format(column=a, grouping=self.name))
         return VALUE_SEPARATOR.join(str(row[a]) for a in self.attributes)
 
     def fit(self, rows: Iterable[dict[str, Any]]) -> Grouping:
@@ -120,12 +140,9 @@ class GroupVocabulary:
     """
 
     def __init__(self, train_grouping: str | Sequence[str], eval_groupings: Sequence[str] | None = None):
-        train = Grouping(parse_grouping(train_grouping))
-        self.train_grouping = train.name
-        self.groupings: dict[str, Grouping] = {train.name: train}
-        for spec in eval_groupings or []:
-            g = Grouping(parse_grouping(spec))
-            self.groupings.setdefault(g.name, g)
+        names = groupings_of(train_grouping, eval_groupings)
+        self.train_grouping = names[0]
+        self.groupings: dict[str, Grouping] = {name: Grouping(parse_grouping(name)) for name in names}
 
     @property
     def attributes(self) -> list[str]:
@@ -197,7 +214,11 @@ class GroupVocabulary:
 
 
 def check_columns(dataset: Any, columns: Sequence[str], *, split: str, what: str) -> None:
-    """Raise if a column is absent or holds a missing / NaN value (checked in Arrow, no Python loop)."""
+    """Raise if a column is absent or holds a missing / NaN value (checked in Arrow, no Python loop).
+
+    ``split`` names the data in messages ("training", or "test (b.csv)"); the rows named are positions in
+    ``dataset`` (its first ``MAX_ROWS_SHOWN`` bad ones).
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -209,8 +230,18 @@ def check_columns(dataset: Any, columns: Sequence[str], *, split: str, what: str
         arrow = dataset.with_format("arrow")[column]  # respects select()/shuffle() index mappings
         bad = arrow.is_null()
         if pa.types.is_floating(arrow.type):
-            bad = pc.or_(bad, pc.is_nan(arrow))
+            # Kleene logic: is_nan of a null is null, and plain or_(True, null) is null, which sum() skips.
+            bad = pc.or_kleene(bad, pc.is_nan(arrow))
         count = pc.sum(bad).as_py() or 0
         if count:
-            row = pc.index(bad, True).as_py()
-            raise ValueError(ERR_MISSING_VALUES.format(column=column, split=split, count=count, row=row))
+            rows = pc.indices_nonzero(bad.combine_chunks() if hasattr(bad, "combine_chunks") else bad)
+            shown = ", ".join(str(r) for r in rows[:MAX_ROWS_SHOWN].to_pylist())
+            raise ValueError(
+                ERR_MISSING_VALUES.format(
+                    column=column,
+                    what=what,
+                    split=split,
+                    count=count,
+                    rows=shown + (", ..." if count > MAX_ROWS_SHOWN else ""),
+                )
+            )

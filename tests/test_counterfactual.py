@@ -1,13 +1,11 @@
 import logging
 import re
-from collections import Counter
 
 import datasets
 import pytest
 
-from fairtune.data.augment import (
+from fairtune.data.counterfactual import (
     ERR_BAD_TERM,
-    ERR_BOTH_SIDES,
     ERR_EMPTY_DATASET,
     ERR_EMPTY_LIST,
     ERR_EMPTY_TERM,
@@ -20,15 +18,12 @@ from fairtune.data.augment import (
     ERR_SHARE,
     ERR_SHARE_ADD,
     ERR_SWAP_WITHOUT_ATTRIBUTE,
-    ERR_TARGET_IMPOSSIBLE,
-    ERR_TARGET_SHARE,
     ERR_TWO_PARTNERS,
     ERR_UNKNOWN_BUILTIN,
     ERR_UNKNOWN_COLUMN,
     WordPairs,
     augment_counterfactual,
     counterfactual,
-    oversample,
 )
 
 GENDER = WordPairs.builtin("gender")
@@ -114,7 +109,7 @@ def test_word_pairs_from_file_merge_and_builtin(tmp_path):
     assert names.mapping["mary"] == "john" and names.partner("ANNA") == "peter" and "Peter" in names
 
     assert len(GENDER) >= 60 and "gender" in WordPairs.available()
-    assert all(GENDER.mapping[b] == a for a, b in GENDER)
+    assert all(GENDER.mapping[b] == a for a, b in GENDER.pairs)
     merged = GENDER + names
     assert len(merged) == len(GENDER) + 2 and len(GENDER) >= 60  # operands untouched
     assert counterfactual("John and his father", merged) == ("Mary and her mother", 3)
@@ -128,8 +123,8 @@ def test_word_pairs_from_file_merge_and_builtin(tmp_path):
 @pytest.mark.parametrize(
     "pairs, template, names",
     [
-        ([("he", "she"), ("she", "it")], ERR_BOTH_SIDES, ["'she'", "('he', 'she')", "('she', 'it')"]),
-        ([("he", "she"), ("he", "it")], ERR_TWO_PARTNERS, ["'he'", "('he', 'she')", "('he', 'it')"]),
+        ([("he", "she"), ("she", "it")], ERR_TWO_PARTNERS, ["'she'", "'he,she'", "'she,it'", "#1", "#2"]),
+        ([("he", "she"), ("he", "it")], ERR_TWO_PARTNERS, ["'he'", "'he,she'", "'he,it'"]),
         ([("he", " ")], ERR_EMPTY_TERM, ["#1"]),
         ([("he", "HE")], ERR_SELF_PAIR, ["'he'"]),
         ([], ERR_EMPTY_LIST, []),
@@ -153,7 +148,7 @@ def test_word_pairs_file_errors_and_atomic_extend(tmp_path):
 
     clash = tmp_path / "clash.txt"
     clash.write_text("# clash\nhe,she\nshe,it\n")
-    with pytest.raises(ValueError, match=literal(ERR_BOTH_SIDES)) as err:
+    with pytest.raises(ValueError, match=literal(ERR_TWO_PARTNERS)) as err:
         WordPairs.from_file(clash)
     assert f"{clash}:2" in str(err.value) and f"{clash}:3" in str(err.value)
 
@@ -166,6 +161,62 @@ def test_word_pairs_file_errors_and_atomic_extend(tmp_path):
     with pytest.raises(ValueError, match=literal(ERR_TWO_PARTNERS)):
         pairs.extend([("king", "queen"), ("he", "it")])
     assert pairs.pairs == [("he", "she")]  # nothing added
+
+
+@pytest.mark.parametrize(
+    "text, expected, swaps",
+    [
+        # "ms" has no unique partner: one-way to "mr", while "mr" <-> "mrs" stays two-way
+        ("Ms. Smith met Mr. Jones and Mrs. Brown.", "Mr. Smith met Mrs. Jones and Mr. Brown.", 3),
+        ("MS. SMITH AND MRS. SMITH", "MR. SMITH AND MR. SMITH", 2),
+        ("Yes, ma'am, said the bridegroom's mum.", "Yes, sir, said the bride's dad.", 3),
+        ("Her mum's friends", "His dad's friends", 2),
+        ("the groom and the bridegroom", "the bride and the bride", 2),
+        # words that merely contain a one-way term are untouched
+        ("msg from mums", "msg from dads", 1),
+    ],
+)
+def test_one_way_entries_of_the_gender_list(text, expected, swaps):
+    assert counterfactual(text, GENDER) == (expected, swaps)
+
+
+def test_one_way_entries_in_files_and_the_api(tmp_path):
+    assert ("ms", "mr") in GENDER.one_way and ("mr", "mrs") in GENDER.pairs
+    assert GENDER.partner("Ms") == "mr" and GENDER.partner("mr") == "mrs"
+    path = tmp_path / "titles.txt"
+    path.write_text("sir,madam\nma'am > sir  # one-way, spaces allowed\nsir>madam\n")
+    titles = WordPairs.from_file(path)
+    assert titles.pairs == [("sir", "madam")] and titles.one_way == [("ma'am", "sir")]  # repeat dropped
+    assert len(titles) == 2 and titles.mapping == {"sir": "madam", "madam": "sir", "ma'am": "sir"}
+    assert counterfactual("Sir, Madam, Ma'am", titles) == ("Madam, Sir, Sir", 3)
+    api = WordPairs([("sir", "madam")], one_way={"ma'am": "sir"})
+    assert api == titles and api.one_way == [("ma'am", "sir")]
+    only_one_way = WordPairs(one_way=[("ms", "mr")])
+    assert only_one_way.pairs == [] and counterfactual("Mr and Ms", only_one_way) == ("Mr and Mr", 1)
+
+
+@pytest.mark.parametrize(
+    "lines, bad_line, template, names",
+    [
+        # a one-way entry may not give a paired term a second replacement
+        ("mr,mrs\nmr>ms\n", 2, ERR_TWO_PARTNERS, ["'mr'", "'mrs'", "'ms'", "'mr,mrs'", "'mr>ms'"]),
+        ("ms>mr\nms>mrs\n", 2, ERR_TWO_PARTNERS, ["'ms>mr'", "'ms>mrs'"]),
+        ("mr,mrs\nms>mr\nmrs>ms\n", 3, ERR_TWO_PARTNERS, ["'mrs'", "'mr,mrs'", "'mrs>ms'"]),
+        ("he,she\nms>>mr\n", 2, ERR_MALFORMED_LINE, []),
+        ("he,she\nms>mr,mrs\n", 2, ERR_MALFORMED_LINE, []),
+        ("he>\n", 1, ERR_EMPTY_TERM, []),
+        ("mr.>mrs\n", 1, ERR_BAD_TERM, ["'mr.'"]),
+        ("he>HE\n", 1, ERR_SELF_PAIR, []),
+    ],
+)
+def test_one_way_file_errors_name_file_and_line(tmp_path, lines, bad_line, template, names):
+    path = tmp_path / "list.txt"
+    path.write_text(lines)
+    with pytest.raises(ValueError, match=literal(template)) as err:
+        WordPairs.from_file(path)
+    message = str(err.value)
+    assert f"{path}:{bad_line}" in message or f"{path}, line {bad_line}" in message
+    assert all(n in message for n in names)
 
 
 def people() -> datasets.Dataset:
@@ -187,7 +238,7 @@ def people() -> datasets.Dataset:
 
 def test_augment_add(caplog):
     data = people()
-    with caplog.at_level(logging.INFO, logger="fairtune.data.augment"):
+    with caplog.at_level(logging.INFO, logger="fairtune.data.counterfactual"):
         out = augment_counterfactual(data, "text", GENDER, attribute="sex", swap_values=SEX_SWAP)
     assert len(out) == 5 + 4  # the quiet person has no term, so no copy
     assert out.column_names == ["text", "sex", "label", "id", "counterfactual"]
@@ -252,51 +303,3 @@ def test_augment_errors_on_data():
     flagged = people().add_column("counterfactual", [False] * 5)
     with pytest.raises(ValueError, match=literal(ERR_FLAG_EXISTS)):
         augment_counterfactual(flagged, "text", GENDER)
-
-
-def skewed() -> datasets.Dataset:
-    # 12 A (9 with label 1), 6 B (1 with label 1), 2 C (both label 0)
-    sex = ["A"] * 12 + ["B"] * 6 + ["C"] * 2
-    label = [1] * 9 + [0] * 3 + [1] + [0] * 5 + [0, 0]
-    return datasets.Dataset.from_dict({"sex": sex, "label": label, "id": list(range(20))})
-
-
-def test_oversample_groups_to_equal_and_target_share():
-    data = skewed()
-    out = oversample(data, "sex", seed=3)
-    assert Counter(out["sex"]) == {"A": 12, "B": 12, "C": 12}
-    assert list(out["id"])[:20] == list(range(20))  # originals kept, in order, duplicates after
-    extra = out.select(range(20, len(out)))
-    assert all(data[i]["sex"] == sex for i, sex in zip(extra["id"], extra["sex"], strict=True))
-    assert oversample(data, "sex", seed=3).to_dict() == out.to_dict()
-    assert oversample(data, "sex", seed=4).to_dict() != out.to_dict()
-
-    shared = oversample(data, "sex", target_share=0.25)
-    counts, total = Counter(shared["sex"]), len(shared)
-    assert counts["A"] == 12 and min(counts.values()) / total >= 0.25  # A already above: untouched
-    assert counts == {"A": 12, "B": 6, "C": 6}  # smallest t with t >= 0.25 * (12 + 6 + t): t = 6
-
-
-def test_oversample_by_label(caplog):
-    with caplog.at_level(logging.INFO, logger="fairtune.data.augment"):
-        out = oversample(skewed(), "sex", by_label=True)
-    cells = Counter(zip(out["sex"], out["label"], strict=True))
-    assert cells == {("A", 1): 9, ("A", 0): 9, ("B", 1): 9, ("B", 0): 9, ("C", 0): 9}
-    assert "('C', 1)" in caplog.text  # a cell with no rows cannot be filled: warned
-
-
-@pytest.mark.parametrize(
-    "kwargs, template",
-    [
-        ({"attribute": "gender"}, ERR_UNKNOWN_COLUMN),
-        ({"by_label": True, "label_column": "y"}, ERR_UNKNOWN_COLUMN),
-        ({"target_share": 0}, ERR_TARGET_SHARE),
-        ({"target_share": 1.0}, ERR_TARGET_SHARE),
-        ({"target_share": 0.4}, ERR_TARGET_IMPOSSIBLE),  # 3 groups x 0.4 > 1
-    ],
-)
-def test_oversample_errors(kwargs, template):
-    with pytest.raises(ValueError, match=literal(template)):
-        oversample(skewed(), **{"attribute": "sex", **kwargs})
-    with pytest.raises(ValueError, match=literal(ERR_EMPTY_DATASET)):
-        oversample(skewed().select([]), "sex")
