@@ -14,8 +14,8 @@ from typing import Any
 
 from fairtune.audit import audit_dataset, write_audit
 from fairtune.config import DataArguments, FairTrainingArguments, ModelArguments, resolve_model_path
-from fairtune.data.loading import augment_training_data, load_raw_datasets, tokenize
-from fairtune.groups import VOCAB_FILE, GroupVocabulary, check_columns
+from fairtune.data.loading import augment_training_data, describe_source, load_raw_datasets, tokenize
+from fairtune.groups import VOCAB_FILE, GroupVocabulary, groupings_of
 from fairtune.metrics import flatten_metrics
 from fairtune.mitigation import Mitigations
 from fairtune.model_card import render_model_card, write_model_card
@@ -74,20 +74,19 @@ def build(
         check_output_dir(args.output_dir)
     mitigations = Mitigations.from_args(args)  # unknown names and bad options fail before any data loads
     set_seed(args.seed)
-    raw = load_raw_datasets(data_args, seed=data_args.data_seed_for_splits)
+    # Given the groupings, loading checks columns, missing values, labels and group counts of every split.
+    groupings = groupings_of(args.group_by, args.eval_group_by)
+    raw = load_raw_datasets(data_args, seed=data_args.data_seed_for_splits, groupings=groupings)
     raw["train"] = augment_training_data(raw["train"], data_args)
     num_labels, label_names = _label_info(raw["train"])
     mitigations.check_task(num_labels, has_validation="validation" in raw)
     path = resolve_model_path(model_args.model_name_or_path)
     # A fine-tuned fairtune model carries its group vocabulary: reuse it so group ids mean what they meant.
-    # Otherwise fit it on the raw training split now: missing columns or values fail before the model loads.
     saved_vocab = os.path.join(path, VOCAB_FILE)
     if os.path.isfile(saved_vocab):
         vocab = GroupVocabulary.load(saved_vocab)
     else:
         vocab = GroupVocabulary(args.group_by, args.eval_group_by).fit(raw["train"])
-    for split in raw:
-        check_columns(raw[split], vocab.attributes, split=split, what="group_by / eval_group_by")
     tokenizer = AutoTokenizer.from_pretrained(path)
     data = tokenize(
         raw, tokenizer, data_args.text_column, data_args.text_pair_column, data_args.max_seq_length
@@ -150,7 +149,7 @@ def train_and_report(
     if trainer.is_world_process_zero():
         run_info = {
             "model": model_args.model_name_or_path,
-            "dataset": data_args.dataset_name or data_args.train_file,
+            "dataset": describe_source(data_args),
             "group_by": args.group_by,
             "mitigation": trainer.mitigations.describe(),
             "post_processing": args.post_processing or "none",
@@ -161,7 +160,7 @@ def train_and_report(
         write_report(splits, args.output_dir, run_info)
         audit = audit_dataset(
             data["train"],
-            list(dict.fromkeys([args.group_by, *(args.eval_group_by or [])])),
+            groupings_of(args.group_by, args.eval_group_by),
             min_cell_size=args.min_group_size,
             confidence=args.confidence_level,
         )

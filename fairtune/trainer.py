@@ -29,7 +29,7 @@ from fairtune.callbacks import (
 )
 from fairtune.config import FairTrainingArguments
 from fairtune.data.collator import FairDataCollator
-from fairtune.groups import GROUP_COLUMN_PREFIX, GroupVocabulary, check_columns, group_column
+from fairtune.groups import GROUP_COLUMN_PREFIX, GroupVocabulary, check_columns, group_column, groupings_of
 from fairtune.metrics import GroupStats, flatten_metrics
 from fairtune.mitigation import Mitigations, PenaltyBatch, TermLog
 from fairtune.mitigation.combined import (
@@ -219,9 +219,9 @@ class FairTrainer(Trainer):
             trained = group_vocab.train_grouping
             if GroupVocabulary(args.group_by).train_grouping != trained:
                 raise ValueError(ERR_VOCAB_GROUPING.format(group_by=args.group_by, trained=trained))
-            for spec in args.eval_group_by or []:
+            for spec in groupings_of(args.group_by, args.eval_group_by):
                 # A loaded vocabulary may lack a newly asked grouping.
-                if GroupVocabulary(spec).train_grouping not in group_vocab.groupings:
+                if spec not in group_vocab.groupings:
                     raise ValueError(
                         ERR_VOCAB_MISSING_GROUPING.format(spec=spec, have=list(group_vocab.groupings))
                     )
