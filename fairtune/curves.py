@@ -201,8 +201,9 @@ def calibration_bin(confidence: Tensor, bins: int) -> Tensor:
     """Bin index (N,) int64 of each confidence (N,) in [0, 1] among ``bins`` equal-width bins.
 
     The one definition of the bins: right-closed (k/B, (k+1)/B] as in Guo et al. 2017, confidence 0 in the
-    first bin. Edges are compared exactly (a value equal to the float k/B belongs to bin k-1); ceil(c * B)
-    would round 0.3 * 10 up to 3.0000000000000004 and put 0.3 into (0.3, 0.4].
+    first bin, each edge the float k/B compared exactly. That is what ``GroupStats`` always computed (as
+    ceil(c * B), equal to this on every float32 confidence); the plots' former ``linspace`` edges were not
+    k/B (edge 3 of 10 was 0.30000000000000004) and put a score of 0.1 * 3 into (0.2, 0.3] instead.
     """
     edges = torch.arange(1, bins, dtype=torch.float64, device=confidence.device) / bins  # (B - 1,)
     return torch.searchsorted(edges, confidence.to(torch.float64).contiguous(), right=False)

@@ -172,3 +172,14 @@ def test_compare_table_skips_absent_gaps_and_marks_undefined():
     assert "nan" not in text and "equalized_odds_difference" not in text
     assert "| demographic_parity_difference | 0.200 | 0.100 | -0.100 |" in text
     assert "| tpr_gap_rms | – | 0.300 | – |" in text
+
+
+def test_multiclass_tables_show_class_names_and_dp():
+    from fairtune.functional import metric_frame
+    from fairtune.report import gap_table, group_table
+
+    result = metric_frame([0, 1, 2, 2, 1, 0], [0, 2, 2, 1, 1, 0], sensitive_features=list("aabbab"))
+    named = GroupResult.from_dict(result.to_dict(), grouping="g", class_names=["cat", "dog", "eel"])
+    table = group_table(named)
+    assert "tpr[dog]" in table and "selection_rate[eel]" in table and "tpr_1" not in table
+    assert "| demographic_parity_difference |" in gap_table(named)

@@ -1,8 +1,11 @@
 """fairtune.metrics against fairlearn, scikit-learn and direct numpy computations."""
 
+import json
 import math
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -441,6 +444,14 @@ def _sync_worker(
         stats.sync()
         stats.sync()  # idempotent: must not add the global counts twice
         state = {"conf": stats.conf, "calib": stats.calib, "loss_sums": stats.loss_sums}
+        # Every rank holding all samples (gathered, not sharded): same seed everywhere, and sync() refused.
+        full = [torch.cat([shard[k] for shard in shards]) for k in range(3)]
+        gathered = GroupStats(2, bootstrap_samples=16)
+        gathered.update(full[0], full[1], logits=full[2])
+        with pytest.raises(RuntimeError) as refused:
+            gathered.sync()
+        assert str(refused.value) == fm.ERR_SYNC_NOT_SHARDED.format(world_size=world_size)
+        state["gathered_intervals"] = gathered.compute().intervals
         result = stats.compute().to_dict()
         torch.save({**state, "boot_conf": stats.boot_conf, "result": result}, f"{out_dir}/{rank}.pt")
     finally:
@@ -475,6 +486,7 @@ def test_sync_two_process_gloo(tmp_path: Path) -> None:
         torch.testing.assert_close(synced["calib"], single.calib, rtol=1e-12, atol=1e-9)
         torch.testing.assert_close(synced["loss_sums"], single.loss_sums, rtol=1e-12, atol=1e-9)
         assert synced["boot_conf"].shape == (16, 5, 2, 2)
+        assert synced.pop("gathered_intervals") == torch.load(tmp_path / "0.pt")["gathered_intervals"]
         result = fm.GroupResult.from_dict(synced.pop("result"))
         result.intervals = {}
         assert_results_close(result, expected)
@@ -624,3 +636,74 @@ def test_flat_drops_nan() -> None:
     assert all(isinstance(v, float) and not math.isnan(v) for v in flat.values())
     expected_keys = len(BINARY_GAPS) * 3 + 3 * (len(BINARY_STATS) - 2)
     assert len(flat) == expected_keys
+
+
+# defects of issue 9 ---------------------------------------------------------------------------------------
+
+
+def test_calibration_bins_have_one_definition_with_exact_edges() -> None:
+    confidence = torch.tensor([0.0, 0.1, 0.3, 0.1 * 3, 0.7, 0.7000000000000001, 1.0], dtype=torch.float64)
+    assert curves.calibration_bin(confidence, 10).tolist() == [0, 0, 2, 3, 6, 7, 9]
+    # The plots' reliability bins are the metrics' bins: 0.1 * 3 = 0.30000000000000004 lies in (0.3, 0.4]
+    # (the plots' former linspace edges put it into (0.2, 0.3], so their ECE disagreed with GroupStats').
+    _, _, counts = curves.calibration_bins([0.1 * 3, 0.35, 0.3], [1, 0, 1], 10)
+    assert counts.tolist() == [0, 0, 1, 2, 0, 0, 0, 0, 0, 0]
+    prob = np.array([0.1 * 3, 0.35, 0.7, 0.6])
+    labels, preds = np.array([1, 0, 1, 0]), np.array([1, 1, 1, 1])
+    result = ff.metric_frame(labels, preds, sensitive_features=[0, 0, 1, 1], y_prob=prob)
+    expected = numpy_ece(prob, (preds == labels).astype(float), 10)
+    np.testing.assert_allclose(result.overall["ece"], expected, rtol=1e-12)
+
+
+def test_constant_predictions_warn_and_name_the_class() -> None:
+    labels, _, groups = (torch.from_numpy(a) for a in binary_data(13, 200, 2))
+    stats = GroupStats(2)
+    stats.update(labels, groups, preds=torch.ones_like(labels))
+    result = stats.compute(["a", "b"], ["<=50K", ">50K"])
+    assert result.gaps["demographic_parity_difference"] == 0.0  # a "perfectly fair" degenerate model
+    warning = fm.WARN_CONSTANT_PREDICTIONS.format(count=200, name=">50K")
+    assert warning in result.warnings and "not fairness" in warning
+    mixed = GroupStats(2)
+    mixed.update(labels, groups, preds=labels)
+    assert not any("constant predictions" in w for w in mixed.compute().warnings)
+
+
+def test_group_result_round_trips_through_json() -> None:
+    labels, preds, groups = (torch.from_numpy(a) for a in binary_data(14, 300, 3))
+    stats = GroupStats(2, bootstrap_samples=10)
+    stats.update(labels, groups, preds=preds)
+    result = stats.compute(["a", "b", "c"], grouping="sex", confidence=0.9)
+    data = json.loads(json.dumps(result.to_dict(), allow_nan=True))
+    assert list(data) == ["num_classes", "overall", "by_group", "gaps", "intervals", "warnings", "confidence"]
+    loaded = fm.GroupResult.from_dict(data, grouping="sex")
+    assert loaded.flat("x").keys() == result.flat("x").keys()
+    assert_results_close(loaded, result)
+    assert loaded.intervals == result.intervals and loaded.confidence == 0.9
+    assert math.isnan(fm.GroupResult.from_dict({**data, "gaps": {"tpr_gap_rms": None}}).gaps["tpr_gap_rms"])
+
+
+def test_multiclass_class_names_label_per_class_stats() -> None:
+    result = ff.metric_frame([0, 1, 2, 2], [0, 2, 2, 1], sensitive_features=["a", "a", "b", "b"])
+    named = fm.GroupResult.from_dict(result.to_dict(), class_names=["cat", "dog", "eel"])
+    assert (
+        named.stat_label("tpr_1") == "tpr[dog]"
+        and named.stat_label("selection_rate_2") == "selection_rate[eel]"
+    )
+    assert named.stat_label("accuracy") == "accuracy"
+
+
+@pytest.mark.slow
+def test_trainer_bootstrap_intervals_agree_across_ranks(tmp_path: Path) -> None:
+    """FairTrainer gathers every batch on every rank, so each rank must report the same intervals."""
+    repo = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
+    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    cmd += [str(repo / "tests" / "dist_eval.py"), str(tmp_path / "boot.json"), "200"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    rank0, rank1 = (json.loads((tmp_path / f"boot.rank{r}.json").read_text())["metrics"] for r in (0, 1))
+    assert rank0.keys() == rank1.keys()
+    intervals = [k for k in rank0 if k.endswith(("_ci_low", "_ci_high"))]
+    assert len(intervals) > 20
+    assert {k: rank0[k] for k in intervals} == {k: rank1[k] for k in intervals}
