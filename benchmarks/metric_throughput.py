@@ -41,7 +41,7 @@ import torch
 from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
 from sklearn.metrics import accuracy_score
 
-from fairtune.metrics import GroupStats
+from fairtune.metrics import GroupResult, GroupStats
 
 TOLERANCE = 1e-9
 # fairtune stat -> MetricFrame column.
@@ -120,13 +120,13 @@ def metric_frame(
     return by_group, float(diff["selection_rate"]), float(eo)
 
 
-def fairtune_values(result: dict) -> Values:
+def fairtune_values(result: GroupResult) -> Values:
     """Comparable values from a `GroupStats.compute` result whose groups are named by their ids."""
-    by_group = result["by_group"]
+    by_group = result.by_group
     values: Values = {"groups": [int(name) for name in by_group]}
     for stat in RATES:
         values[stat] = np.array([group[stat] for group in by_group.values()], dtype=np.float64)
-    values.update({gap: float(result["gaps"][gap]) for gap in GAPS})
+    values.update({gap: float(result.gaps[gap]) for gap in GAPS})
     return values
 
 

@@ -30,9 +30,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from fairtune.metrics import GroupResult
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
@@ -109,18 +112,18 @@ def done_keys(path: str) -> set[str]:
 
 
 # ----- one run ----------------------------------------------------------------------------------------
-def _headline(result: dict[str, Any]) -> dict[str, float]:
-    values = {"accuracy": result["overall"]["accuracy"], **result["gaps"]}
+def _headline(result: GroupResult) -> dict[str, float]:
+    values = {"accuracy": result.overall["accuracy"], **result.gaps}
     metrics = {k: float(values[k]) for k in HEADLINE}
     metrics["equalized_odds_sum"] = equalized_odds_sum(result)
     return metrics
 
 
-def equalized_odds_sum(result: dict[str, Any]) -> float:
+def equalized_odds_sum(result: GroupResult) -> float:
     """FFB's EOdd: |TPR gap| + |FPR gap| (max - min over groups), where fairlearn takes the larger one."""
     total = 0.0
     for rate in ("tpr", "fpr"):
-        values = [g[rate] for g in result["by_group"].values() if rate in g and not math.isnan(g[rate])]
+        values = [g[rate] for g in result.by_group.values() if rate in g and not math.isnan(g[rate])]
         if len(values) < 2:
             return math.nan
         total += max(values) - min(values)

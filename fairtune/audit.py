@@ -3,19 +3,19 @@
 ``audit_dataset`` counts every grouping (an attribute or an intersection such as ``sex+race``) of a
 ``datasets.Dataset``: group counts and shares, the label distribution per group with a Wilson interval on
 the base rate, the smallest group x label cells, and, when a reference distribution is given (e.g. census
-shares), how far the data's shares lie from it. ``write_audit`` saves it as JSON, Markdown and PNG plots.
+shares), how far the data's shares lie from it. ``write_audit`` saves it as JSON and Markdown, and the PNGs
+that ``fairtune.plots.plot_audit`` draws; this module itself only counts.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections import Counter
 from collections.abc import Sequence
-from statistics import NormalDist
 from typing import Any
 
+from fairtune.curves import fmt, wilson_interval
 from fairtune.groups import (
     ERR_MISSING_COLUMN,
     INTERSECTION_SEPARATOR,
@@ -40,17 +40,6 @@ WARN_SMALL_CELL = "cell {group!r} x label {label!r} has {count} rows, fewer than
 WARN_SMALL_GROUP = "group {group!r} has {count} rows, fewer than min_cell_size={min_size}"
 WARN_MISSING = "column(s) {columns} have {count} missing value(s), audited as group {missing!r}"
 WARN_ABSENT = "group {group!r} is in the reference ({share:.3f}) but absent from the data"
-
-
-def wilson_interval(successes: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion: well-behaved for small counts and rates near 0 or 1."""
-    if total == 0:
-        return (math.nan, math.nan)
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = successes / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def _encode_labels(dataset: Any, label_column: str) -> tuple[list[str], list[int | None]]:
@@ -215,12 +204,6 @@ def _compare_reference(
 
 
 # ----- output ------------------------------------------------------------------------------------------
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
 def audit_table(audit: dict[str, Any], grouping: str, label_counts: bool = True) -> str:
     """Markdown table of one grouping: rows and share per group, optionally the count of each label, and
     (binary labels) the base rate with its Wilson interval."""
@@ -262,7 +245,7 @@ def render_audit_markdown(audit: dict[str, Any]) -> str:
             ref = g["reference"]
             lines += ["| group | observed share | reference share | ratio |", "|---|---|---|---|"]
             for group, r in ref["by_group"].items():
-                expected, ratio = _fmt(r["expected_share"]), _fmt(r["ratio"])
+                expected, ratio = fmt(r["expected_share"]), fmt(r["ratio"])
                 lines.append(f"| {group} | {r['observed_share']:.3f} | {expected} | {ratio} |")
             lines += [
                 "",
@@ -275,71 +258,11 @@ def render_audit_markdown(audit: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_audit(audit: dict[str, Any], output_dir: str) -> list[str]:
-    """One PNG per grouping: group shares (with reference marks) and base rates with intervals."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
-
-    paths = []
-    for name, g in audit["groupings"].items():
-        groups = list(g["groups"])
-        shares = [g["groups"][k]["share"] for k in groups]
-        binary = audit["positive_label"] is not None
-        height = max(2.5, 0.35 * len(groups) + 1.2)
-        fig, axes = plt.subplots(1, 2, figsize=(11, height), sharey=True)
-        ys = range(len(groups))
-        axes[0].barh(ys, shares, color="#4C72B0")
-        if "reference" in g:
-            ref = [g["reference"]["by_group"].get(k, {}).get("expected_share") for k in groups]
-            marks = [(y, r) for y, r in zip(ys, ref, strict=True) if r is not None]
-            if marks:
-                xs, y_marks = [r for _, r in marks], [y for y, _ in marks]
-                axes[0].scatter(xs, y_marks, marker="|", s=300, color="black", label="reference", zorder=3)
-                axes[0].legend(loc="lower right")
-        axes[0].set_yticks(list(ys), groups)
-        axes[0].invert_yaxis()  # first group on top, like the tables
-        axes[0].set_xlabel("share of rows")
-        axes[0].set_title(f"{name}: representation")
-        if binary:
-            rates = [g["groups"][k]["base_rate"] for k in groups]
-            # max(0, .): an interval end can sit a rounding error beyond the rate at 0 or 1.
-            lo = [
-                max(0.0, r - g["groups"][k]["base_rate_interval"][0])
-                for k, r in zip(groups, rates, strict=True)
-            ]
-            hi = [
-                max(0.0, g["groups"][k]["base_rate_interval"][1] - r)
-                for k, r in zip(groups, rates, strict=True)
-            ]
-            axes[1].errorbar(rates, list(ys), xerr=[lo, hi], fmt="o", color="#DD8452", capsize=4)
-            overall = audit["label_counts"][1] / audit["rows"]
-            axes[1].axvline(overall, color="gray", linestyle="--", label=f"overall {overall:.3f}")
-            axes[1].legend(loc="lower right")
-            level = int(round(audit["confidence"] * 100))
-            axes[1].set_xlabel(
-                f"base rate P(label = {audit['positive_label']}) with {level}% Wilson interval"
-            )
-        else:
-            left = [0.0] * len(groups)
-            for i, lab in enumerate(audit["labels"]):
-                part = [g["groups"][k]["label_shares"][i] for k in groups]
-                axes[1].barh(list(ys), part, left=left, label=str(lab))
-                left = [a + b for a, b in zip(left, part, strict=True)]
-            axes[1].legend(loc="lower right", fontsize="small")
-            axes[1].set_xlabel("label shares")
-        axes[1].set_title(f"{name}: labels by group")
-        fig.tight_layout()
-        path = os.path.join(output_dir, f"data_audit_{name.replace(INTERSECTION_SEPARATOR, '_x_')}.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
-    return paths
-
-
 def write_audit(audit: dict[str, Any], output_dir: str) -> list[str]:
-    """Write ``data_audit.json``, ``data_audit.md`` and one PNG per grouping; returns the paths."""
+    """Write ``data_audit.json``, ``data_audit.md`` and one PNG per grouping (drawn by
+    ``fairtune.plots.plot_audit``); returns the paths."""
+    from fairtune.plots import plot_audit  # matplotlib only when files are written
+
     os.makedirs(output_dir, exist_ok=True)
     paths = [os.path.join(output_dir, AUDIT_JSON), os.path.join(output_dir, AUDIT_MD)]
     with open(paths[0], "w") as f:

@@ -1,14 +1,15 @@
-"""Per-group classification metrics and fairness gaps, accumulated as counts.
+"""Per-group classification metrics and fairness gaps, accumulated as counts, and their typed result.
 
-`GroupStats` streams evaluation batches into count tensors (a per-group confusion tensor, calibration bins,
-loss sums and, optionally, Poisson-bootstrap replicates of the confusion tensor). Counts add up across
-batches and across processes, so streaming, one-shot and distributed evaluation give the same numbers;
-averaging per-batch ratios would not.
+`GroupStats` streams evaluation batches into named count states (a per-group confusion tensor, calibration
+bins, loss sums and, optionally, Poisson-bootstrap replicates of the confusion tensor), each declared with
+`add_state` and reduced by summation. Counts add up across batches and across processes, so streaming,
+one-shot and distributed evaluation give the same numbers; averaging per-batch ratios would not.
 
 All rates and gaps are derived from the counts by `rates_from_confusion` and `gaps_from_rates`, which work
 on any leading (replicate) dimensions, so the point estimates and the bootstrap intervals share one code path.
-The fairlearn-style functions at the end (`demographic_parity_difference`, ...) take plain arrays and run
-through the same `GroupStats`.
+`GroupStats.compute` returns a `GroupResult`, the one object that the trainer's logs, the report, the plots,
+the model card and the fairness gate read. The fairlearn-style functions over arrays are in
+`fairtune.functional`.
 
 Deliberate differences from fairlearn (0.15):
 
@@ -18,76 +19,191 @@ Deliberate differences from fairlearn (0.15):
 * A gap needs at least two groups on which its rate is defined, otherwise it is NaN.
 * `equalized_odds_*` combine the TPR and FPR parts with NaN propagation; fairlearn takes Python's
   `min`/`max` (whose NaN handling depends on the argument order) or a pandas mean (which skips NaN).
+* For C > 2 classes, `demographic_parity_difference` is the largest over classes c of the across-group
+  spread of P(yhat = c) (fairlearn defines it for binary labels only); the penalty of the same name
+  measures the same spread.
+
+Selecting checkpoints by a gap alone can pick a model that predicts one class for everyone: every gap is then
+0, which is not fairness. `compute` warns about constant predictions (`WARN_CONSTANT_PREDICTIONS`); to guard
+checkpoint selection, select by a metric that such a model fails, e.g. ``metric_for_best_model:
+eval_<grouping>/worst_group_accuracy`` (higher is better) or the accuracy, and read the gaps beside it.
+
+Length: about 650 lines, kept in one file on purpose: the streaming state, the rate and gap formulas and the
+result type are one definition of the numbers, read together, and share their private helpers.
 """
+
+from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, TypeAlias
+from dataclasses import dataclass, field
+from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = [
-    "GroupStats",
-    "accuracy_difference",
-    "demographic_parity_difference",
-    "demographic_parity_ratio",
-    "equal_opportunity_difference",
-    "equalized_odds_difference",
-    "equalized_odds_ratio",
-    "flatten_metrics",
-    "gaps_from_rates",
-    "metric_frame",
-    "rates_from_confusion",
-    "tpr_gap_rms",
-    "worst_group_accuracy",
-]
+from fairtune.curves import (
+    ERR_NEGATIVE_GROUP,
+    ERR_NOT_INTEGER,
+    add_calibration,
+    check_1d,
+    ece_from_bins,
+    unique_names,
+)
 
-# numpy array, torch tensor, pandas Series/DataFrame or (nested) list.
-ArrayLike: TypeAlias = Any
+__all__ = [
+    "GroupResult",
+    "GroupStats",
+    "gap_names",
+    "gaps_from_rates",
+    "rates_from_confusion",
+    "stat_names",
+]
 
 ERR_NUM_CLASSES = "num_classes must be >= 2, got {num_classes}"
 ERR_ECE_BINS = "ece_bins must be >= 1, got {ece_bins}"
 ERR_BOOTSTRAP_SAMPLES = "bootstrap_samples must be >= 0, got {bootstrap_samples}"
 ERR_CONFIDENCE = "confidence must lie in (0, 1), got {confidence}"
 ERR_LOGITS_XOR_PREDS = "pass exactly one of logits= and preds="
-ERR_NOT_1D = "{name} must have shape (N,), got {shape}"
-ERR_LENGTH = "{name} has {got} entries, expected {expected} (one per sample)"
+ERR_CONFIDENCE_WITH_LOGITS = "confidence= goes with preds=; with logits= it is the softmax of the logits"
 ERR_LOGITS_SHAPE = "logits must have shape (N, {num_classes}) with N = {num_samples}, got {shape}"
-ERR_NOT_INTEGER = "{name} must hold integer ids, got dtype {dtype}"
 ERR_CLASS_RANGE = "{name} must lie in [0, {num_classes}), got values in [{low}, {high}]"
-ERR_NEGATIVE_GROUP = "group ids must be >= 0, got {low}"
 ERR_UPDATE_AFTER_SYNC = "update() after sync(): call reset() before accumulating a new evaluation"
-ERR_DUPLICATE_NAME = "group name {name!r} is used by group ids {first} and {second}"
+ERR_SYNC_NOT_SHARDED = (
+    "sync() on {world_size} processes with sharded=False would count every sample {world_size} times: "
+    "build GroupStats(..., sharded=True) when each process updates with its own shard, or do not sync "
+    "when every process already holds all samples (e.g. after gather_for_metrics)"
+)
 ERR_GROUP_NAMED_OVERALL = "a group named 'overall' would collide with the overall stats in flat keys"
-ERR_AGG = "agg must be one of {choices}, got {agg!r}"
-ERR_NOT_BINARY = "{name} must hold binary labels 0/1 for this metric, got values {values}"
-ERR_SENSITIVE_SHAPE = "sensitive_features must have shape (N,) or (N, K), got {shape}"
-ERR_PROB_SHAPE = "y_prob must have shape (N,) or (N, C) with C >= 2 and N = {num_samples}, got {shape}"
+ERR_REDUCTION = "state {name!r}: reduction must be one of {choices}, got {reduction!r}"
+ERR_CLASS_NAMES = "class_names has {got} entries, expected one per class ({num_classes})"
 
 WARN_SMALL_GROUP = "group {name!r} has {count} samples, fewer than min_group_size={min_group_size}"
 WARN_FEW_GROUPS = "{present} group(s) with samples: gaps need at least 2 and are NaN"
 WARN_UNDEFINED_RATES = "group {name!r}: {stats} undefined (zero denominator), left out of the gaps"
+WARN_CONSTANT_PREDICTIONS = (
+    "constant predictions: all {count} samples are predicted as class {name!r}. A gap of 0 from constant "
+    "predictions is not fairness; do not select checkpoints by a gap alone"
+)
 
-AGG_CHOICES = ("worst_case", "mean")
+# Sums are the only reduction: every state is a count or a sum, so it adds across batches and processes;
+# a ratio would not (fairret's split: numerators and denominators cross processes, ratios do not).
+REDUCTIONS = {"sum": dist.ReduceOp.SUM}
 
 # Stats that are not rates over the confusion tensor, hence not part of the "undefined rate" warning.
 _NON_RATE_STATS = ("count", "ece", "loss")
 
 
+@dataclass(frozen=True)
+class StateSpec:
+    """How a named state grows and reduces: ``group_dim`` indexes groups; ``reduction`` across processes."""
+
+    group_dim: int
+    reduction: str = "sum"
+
+
+@dataclass
+class GroupResult:
+    """Per-group rates, gaps, bootstrap intervals and warnings of one grouping.
+
+    Keys of the stat dicts: ``count``, ``accuracy``, ``ece``, ``loss``; for C == 2 also ``base_rate``,
+    ``selection_rate``, ``tpr``, ``fpr``, ``fnr``, ``precision``; for C > 2 the per-class ``tpr_<c>`` and
+    ``selection_rate_<c>``, keyed by class index c (a safe key for loggers whatever the class names; tables
+    show ``class_names[c]``, see `stat_label`). A NaN value is undefined (zero denominator).
+    """
+
+    grouping: str
+    num_classes: int
+    class_names: list[str]
+    overall: dict[str, float]
+    by_group: dict[str, dict[str, float]]
+    gaps: dict[str, float]
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    confidence: float = 0.95
+    warnings: list[str] = field(default_factory=list)
+
+    def flat(self, prefix: str) -> dict[str, float]:
+        """``prefix/...`` keys for Trainer logs, NaN values dropped (loggers such as TensorBoard reject it).
+
+        Keys: prefix/<gap>, prefix/<gap>_ci_low, prefix/<gap>_ci_high, prefix/overall/<stat>,
+        prefix/<group>/<stat>.
+        """
+        if "overall" in self.by_group:
+            raise ValueError(ERR_GROUP_NAMED_OVERALL)
+        flat = {f"{prefix}/{gap}": value for gap, value in self.gaps.items()}
+        for gap, (low, high) in self.intervals.items():
+            flat[f"{prefix}/{gap}_ci_low"] = low
+            flat[f"{prefix}/{gap}_ci_high"] = high
+        for section, stats in {"overall": self.overall, **self.by_group}.items():
+            for stat, value in stats.items():
+                flat[f"{prefix}/{section}/{stat}"] = value
+        return {key: float(value) for key, value in flat.items() if not math.isnan(value)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON layout of ``fairness_report.json``: num_classes, overall, by_group, gaps, intervals (only
+        with bootstrap replicates) as [low, high], warnings, confidence. Grouping and class names are not in
+        it: the report keys results by grouping, and the model's config holds the class names."""
+        out: dict[str, Any] = {
+            "num_classes": self.num_classes,
+            "overall": dict(self.overall),
+            "by_group": {name: dict(stats) for name, stats in self.by_group.items()},
+            "gaps": dict(self.gaps),
+        }
+        if self.intervals:
+            out["intervals"] = {gap: [low, high] for gap, (low, high) in self.intervals.items()}
+        out["warnings"] = list(self.warnings)
+        out["confidence"] = self.confidence
+        return out
+
+    @classmethod
+    def from_dict(
+        cls, data: dict[str, Any], grouping: str = "", class_names: Sequence[str] | None = None
+    ) -> GroupResult:
+        """Inverse of `to_dict`; null values (strict JSON writers) become NaN."""
+        num_classes = int(data["num_classes"])
+        return cls(
+            grouping=grouping,
+            num_classes=num_classes,
+            class_names=_class_names(class_names, num_classes),
+            overall=_floats(data["overall"]),
+            by_group={name: _floats(stats) for name, stats in data["by_group"].items()},
+            gaps=_floats(data["gaps"]),
+            intervals={gap: (_float(lo), _float(hi)) for gap, (lo, hi) in data.get("intervals", {}).items()},
+            confidence=float(data.get("confidence", 0.95)),
+            warnings=list(data.get("warnings", [])),
+        )
+
+    def stat_label(self, stat: str) -> str:
+        """Display name of a stat key: ``tpr_2`` -> ``tpr[<class_names[2]>]``; other keys unchanged."""
+        head, _, index = stat.rpartition("_")
+        if head in ("tpr", "selection_rate") and index.isdigit() and int(index) < len(self.class_names):
+            return f"{head}[{self.class_names[int(index)]}]"
+        return stat
+
+
 class GroupStats:
     """Streaming per-group classification counts, reducible across processes.
 
-    State (G grows when a batch brings a larger group id; R = `bootstrap_samples`, B = `ece_bins`):
+    Named states (declared with `add_state`; G grows when a batch brings a larger group id; R =
+    `bootstrap_samples`, B = `ece_bins`), read as attributes (``stats.conf``) or all at once (``states``):
 
-    * `conf` (G, C, C) int64: confusion counts indexed [group, true, pred].
-    * `boot_conf` (R, G, C, C) int64: Poisson-bootstrap weighted confusion counts.
-    * `calib` (G, B, 3) float64: per confidence bin, [count, sum of confidence, sum of correct].
-    * `loss_sums` (G, 2) float64: [sum of per-sample loss, number of samples with a loss].
+    * ``conf`` (G, C, C) int64: confusion counts indexed [group, true, pred].
+    * ``boot_conf`` (R, G, C, C) int64: Poisson-bootstrap weighted confusion counts.
+    * ``calib`` (G, B, 3) float64: per confidence bin, [count, sum of confidence, sum of correct].
+    * ``loss_sums`` (G, 2) float64: [sum of per-sample loss, number of samples with a loss].
 
-    Typical use: `reset()`, `update()` per batch on every rank, `sync()` once, `compute()`.
+    Where the samples are decides the bootstrap seeding (``sharded``):
+
+    * ``sharded=False`` (default): this object sees every sample, in one process or on every process alike
+      (the trainer gathers each batch with ``gather_for_metrics``). The generator is seeded with ``seed``
+      alone, so every process draws the same weights and reports identical intervals. `sync` is refused on
+      several processes: it would count each sample once per process.
+    * ``sharded=True``: each process updates with its own shard and `sync` sums the shards. The generator
+      is seeded with ``seed + rank``, so the shards' weights are independent (one seed everywhere would give
+      sample i of every rank the same weights and understate the variance).
+
+    Typical use: `reset()`, `update()` per batch, `sync()` once when sharded, `compute()`.
     """
 
     def __init__(
@@ -98,6 +214,7 @@ class GroupStats:
         ece_bins: int = 10,
         bootstrap_samples: int = 0,
         seed: int = 0,
+        sharded: bool = False,
         device: torch.device | str | None = None,
     ) -> None:
         if num_classes < 2:
@@ -110,44 +227,62 @@ class GroupStats:
         self.ece_bins = ece_bins
         self.bootstrap_samples = bootstrap_samples
         self.seed = seed
+        self.sharded = sharded
         # Without an explicit device the state follows the inputs of the first update (e.g. CUDA logits).
         self._device_fixed = device is not None
+        self._states: dict[str, Tensor] = {}
+        self._specs: dict[str, StateSpec] = {}
         device = torch.device(device if device is not None else "cpu")
-        c, r, b = num_classes, bootstrap_samples, ece_bins
-        self.conf = torch.zeros(num_groups, c, c, dtype=torch.long, device=device)
-        self.boot_conf = torch.zeros(r, num_groups, c, c, dtype=torch.long, device=device)
-        self.calib = torch.zeros(num_groups, b, 3, dtype=torch.float64, device=device)
-        self.loss_sums = torch.zeros(num_groups, 2, dtype=torch.float64, device=device)
+        c, r, b, g = num_classes, bootstrap_samples, ece_bins, num_groups
+        self.add_state("conf", torch.zeros(g, c, c, dtype=torch.long, device=device), group_dim=0)
+        self.add_state("boot_conf", torch.zeros(r, g, c, c, dtype=torch.long, device=device), group_dim=1)
+        self.add_state("calib", torch.zeros(g, b, 3, dtype=torch.float64, device=device), group_dim=0)
+        self.add_state("loss_sums", torch.zeros(g, 2, dtype=torch.float64, device=device), group_dim=0)
         self._generator: torch.Generator | None = None
         self._synced = False
 
+    def add_state(self, name: str, default: Tensor, *, group_dim: int, reduction: str = "sum") -> None:
+        """Declare a count state: ``default`` its initial tensor, ``group_dim`` the dimension indexing groups
+        (zero-padded when a larger group id arrives), ``reduction`` how `sync` combines processes."""
+        if reduction not in REDUCTIONS:
+            choices = ", ".join(repr(k) for k in REDUCTIONS)
+            raise ValueError(ERR_REDUCTION.format(name=name, choices=choices, reduction=reduction))
+        self._states[name] = default
+        self._specs[name] = StateSpec(group_dim, reduction)
+
+    def __getattr__(self, name: str) -> Tensor:
+        states = self.__dict__.get("_states", {})
+        if name in states:
+            return states[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def states(self) -> dict[str, Tensor]:
+        """The named states (name -> tensor), in declaration order."""
+        return dict(self._states)
+
     @property
     def num_groups(self) -> int:
-        return self.conf.shape[0]
+        return self._states["conf"].shape[0]
 
     @property
     def device(self) -> torch.device:
-        return self.conf.device
-
-    def _state(self) -> list[Tensor]:
-        return [self.conf, self.boot_conf, self.calib, self.loss_sums]
-
-    def _set_state(self, conf: Tensor, boot_conf: Tensor, calib: Tensor, loss_sums: Tensor) -> None:
-        self.conf, self.boot_conf, self.calib, self.loss_sums = conf, boot_conf, calib, loss_sums
+        return self._states["conf"].device
 
     def _to(self, device: torch.device) -> None:
-        self._set_state(*(t.to(device) for t in self._state()))
+        self._states = {name: t.to(device) for name, t in self._states.items()}
 
     def _grow(self, num_groups: int) -> None:
-        """Zero-pad the group dimension of every state tensor up to `num_groups`."""
+        """Zero-pad the group dimension of every state up to `num_groups`."""
         extra = num_groups - self.num_groups
         if extra > 0:
-            group_dims = (0, 1, 0, 0)  # boot_conf carries the replicate dimension first
-            self._set_state(*(_pad(t, dim, extra) for t, dim in zip(self._state(), group_dims, strict=True)))
+            self._states = {
+                name: _pad(t, self._specs[name].group_dim, extra) for name, t in self._states.items()
+            }
 
     def reset(self) -> None:
         """Zero all counts, keeping the number of groups seen so far."""
-        for t in self._state():
+        for t in self._states.values():
             t.zero_()
         # Re-seeding makes every evaluation's intervals a function of its own data only.
         self._generator = None
@@ -160,20 +295,23 @@ class GroupStats:
         *,
         logits: Tensor | None = None,
         preds: Tensor | None = None,
+        confidence: Tensor | None = None,
         losses: Tensor | None = None,
     ) -> None:
         """Accumulate one batch.
 
         labels (N,) int in [0, C); groups (N,) int >= 0; exactly one of logits (N, C) float (preds are the
-        argmax, the softmax confidence feeds the ECE) or preds (N,) int; losses (N,) optional per-sample loss.
+        argmax, the softmax confidence feeds the ECE) or preds (N,) int, optionally with confidence (N,) in
+        [0, 1], the probability given to the predicted class; losses (N,) optional per-sample loss.
         """
         if (logits is None) == (preds is None):
             raise ValueError(ERR_LOGITS_XOR_PREDS)
         labels = _check_ids("labels", labels)
         num_samples = labels.shape[0]
         groups = _check_ids("groups", groups, num_samples)
-        confidence = None
         if logits is not None:
+            if confidence is not None:
+                raise ValueError(ERR_CONFIDENCE_WITH_LOGITS)
             if logits.dim() != 2 or logits.shape != (num_samples, self.num_classes):
                 raise ValueError(
                     ERR_LOGITS_SHAPE.format(
@@ -184,8 +322,11 @@ class GroupStats:
             confidence, preds = logits.detach().float().softmax(-1).max(-1)
         else:
             preds = _check_ids("preds", preds, num_samples)
+            if confidence is not None:
+                check_1d("confidence", confidence, num_samples)
+                confidence = confidence.detach()
         if losses is not None:
-            _check_length("losses", losses, num_samples)
+            check_1d("losses", losses, num_samples)
             losses = losses.detach()
         self._update(labels, groups, preds, confidence, losses)
 
@@ -235,12 +376,7 @@ class GroupStats:
             self.boot_conf.view(-1).index_add_(0, (offsets[:, None] + cell).reshape(-1), weights.reshape(-1))
 
         if confidence is not None:
-            confidence = confidence.to(device=device, dtype=torch.float64)
-            # Right-closed bins (k/B, (k+1)/B] as in Guo et al. 2017; confidence 0 falls into the first bin.
-            bins = (confidence * self.ece_bins).ceil().long().clamp_(1, self.ece_bins) - 1
-            correct = (preds == labels).double()
-            rows = torch.stack([torch.ones_like(correct), confidence, correct], 1)
-            self.calib.view(-1, 3).index_add_(0, groups * self.ece_bins + bins, rows)
+            add_calibration(self.calib, confidence.to(device), (preds == labels), groups)
 
         if losses is not None:
             losses = losses.to(device=device, dtype=torch.float64)
@@ -248,52 +384,62 @@ class GroupStats:
 
     def _bootstrap_generator(self) -> torch.Generator:
         if self._generator is None:
-            # Offset by rank: with one seed everywhere, sample i of every rank would share its weights and the
-            # replicates would be correlated across ranks, understating the variance.
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            self._generator = torch.Generator(device="cpu").manual_seed(self.seed + rank)
+            # Only shards get a per-rank seed (see the class docstring): with gathered data every rank must
+            # draw the same weights, or each rank would report its own intervals.
+            offset = _rank() if self.sharded else 0
+            self._generator = torch.Generator(device="cpu").manual_seed(self.seed + offset)
         return self._generator
 
     def sync(self) -> None:
-        """Sum the counts over all processes of the default group (no-op when not distributed).
+        """Reduce every state over all processes of the default group (no-op when not distributed).
 
-        Call once per evaluation on every rank, after the last update; later updates need a `reset()`.
+        Only for ``sharded=True``. Call once per evaluation on every rank, after the last update; later
+        updates need a `reset()`.
         """
-        if not self._synced and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if world_size > 1 and not self.sharded:
+            raise RuntimeError(ERR_SYNC_NOT_SHARDED.format(world_size=world_size))
+        if not self._synced and world_size > 1:
             if dist.get_backend() == "nccl" and self.device.type != "cuda":
                 # NCCL reduces CUDA tensors only; a rank that saw no batch still holds its state on the CPU.
                 self._to(torch.device("cuda", torch.cuda.current_device()))
-            # Ranks may have seen different group ids: agree on G before summing same-shaped tensors.
+            # Ranks may have seen different group ids: agree on G before reducing same-shaped tensors.
             size = torch.tensor([self.num_groups], device=self.device)
             dist.all_reduce(size, op=dist.ReduceOp.MAX)
             self._grow(int(size.item()))
-            for t in self._state():
+            for name, t in self._states.items():
                 if t.numel():  # same shapes on every rank now, so every rank skips the same tensors
-                    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+                    dist.all_reduce(t, op=REDUCTIONS[self._specs[name].reduction])
         # A second sync would add the global counts again; mark the state as final instead.
         self._synced = True
 
     def compute(
-        self, group_names: Sequence[str] | None = None, *, min_group_size: int = 30, confidence: float = 0.95
-    ) -> dict:
-        """Rates per group and overall, fairness gaps, bootstrap intervals and warnings as a plain dict.
+        self,
+        group_names: Sequence[str] | None = None,
+        class_names: Sequence[str] | None = None,
+        *,
+        min_group_size: int = 30,
+        confidence: float = 0.95,
+        grouping: str = "",
+    ) -> GroupResult:
+        """Rates per group and overall, fairness gaps, bootstrap intervals and warnings.
 
         group_names[i] names group id i; other ids are named str(id). Groups without samples are left out.
-        Layout: {"num_classes": C, "overall": {stat: v}, "by_group": {name: {stat: v}}, "gaps": {gap: v},
-        "intervals": {gap: [low, high]} (only with bootstrap_samples > 0), "warnings": [str]}.
-        Call `sync()` first when distributed.
+        class_names[c] names class c in tables and warnings (default str(c)). ``intervals`` is filled only
+        with bootstrap_samples > 0. Call `sync()` first when sharded over several processes.
         """
         if not 0.0 < confidence < 1.0:
             raise ValueError(ERR_CONFIDENCE.format(confidence=confidence))
+        classes = _class_names(class_names, self.num_classes)
         counts = self.conf.sum((-2, -1)).tolist()
         present = [g for g, count in enumerate(counts) if count > 0]
         names = _name_groups(group_names, present)
 
         group_rates = rates_from_confusion(self.conf)
-        group_stats = _stats(group_rates, _ece_from_bins(self.calib), _mean_loss(self.loss_sums))
+        group_stats = _stats(group_rates, ece_from_bins(self.calib), _mean_loss(self.loss_sums))
         overall_stats = _stats(
             rates_from_confusion(self.conf.sum(0, keepdim=True)),
-            _ece_from_bins(self.calib.sum(0, keepdim=True)),
+            ece_from_bins(self.calib.sum(0, keepdim=True)),
             _mean_loss(self.loss_sums.sum(0, keepdim=True)),
         )
         gaps = gaps_from_rates(group_rates, self.num_classes)
@@ -309,26 +455,35 @@ class GroupStats:
             undefined = [k for k, v in group_stats.items() if k not in _NON_RATE_STATS and math.isnan(v[g])]
             if undefined:
                 warnings.append(WARN_UNDEFINED_RATES.format(name=names[g], stats=", ".join(undefined)))
+        predicted = self.conf.sum((0, 1)).tolist()  # (C,) samples per predicted class
+        total = sum(predicted)
+        if total > 1 and max(predicted) == total:
+            name = classes[predicted.index(total)]
+            warnings.append(WARN_CONSTANT_PREDICTIONS.format(count=total, name=name))
 
-        result: dict = {
-            "num_classes": self.num_classes,
-            "overall": {stat: _scalar(stat, values[0]) for stat, values in overall_stats.items()},
-            "by_group": {
-                names[g]: {stat: _scalar(stat, values[g]) for stat, values in group_stats.items()}
-                for g in present
-            },
-            "gaps": {gap: value.item() for gap, value in gaps.items()},
-        }
+        intervals: dict[str, tuple[float, float]] = {}
         if self.bootstrap_samples:
             replicate_gaps = gaps_from_rates(rates_from_confusion(self.boot_conf), self.num_classes)
             alpha = (1.0 - confidence) / 2
             quantiles = torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64, device=self.device)
             # Percentile interval; replicates where a gap is undefined (a group drew zero weight) are skipped.
-            result["intervals"] = {
-                gap: torch.nanquantile(values, quantiles).tolist() for gap, values in replicate_gaps.items()
-            }
-        result["warnings"] = warnings
-        return result
+            for gap, values in replicate_gaps.items():
+                low, high = torch.nanquantile(values, quantiles).tolist()
+                intervals[gap] = (low, high)
+        return GroupResult(
+            grouping=grouping,
+            num_classes=self.num_classes,
+            class_names=classes,
+            overall={stat: _scalar(stat, values[0]) for stat, values in overall_stats.items()},
+            by_group={
+                names[g]: {stat: _scalar(stat, values[g]) for stat, values in group_stats.items()}
+                for g in present
+            },
+            gaps={gap: value.item() for gap, value in gaps.items()},
+            intervals=intervals,
+            confidence=confidence,
+            warnings=warnings,
+        )
 
 
 def rates_from_confusion(conf: Tensor) -> dict[str, Tensor]:
@@ -336,8 +491,8 @@ def rates_from_confusion(conf: Tensor) -> dict[str, Tensor]:
 
     conf (..., G, C, C) indexed [..., group, true, pred]; leading dims are e.g. bootstrap replicates.
     Returns {stat: (..., G) float64}: count and accuracy; for C == 2 (positive class 1) also base_rate,
-    selection_rate, tpr, fpr, fnr, precision; for C > 2 the per-class recall tpr_<c>.
-    A rate with a zero denominator is NaN.
+    selection_rate, tpr, fpr, fnr, precision; for C > 2 the per-class recall tpr_<c> and selection rate
+    selection_rate_<c>. A rate with a zero denominator is NaN.
     """
     conf = conf.double()
     num_classes = conf.shape[-1]
@@ -359,6 +514,9 @@ def rates_from_confusion(conf: Tensor) -> dict[str, Tensor]:
         recall = _ratio(hits, true_counts)
         for c in range(num_classes):
             rates[f"tpr_{c}"] = recall[..., c]
+        selection = _ratio(pred_counts, count[..., None])
+        for c in range(num_classes):
+            rates[f"selection_rate_{c}"] = selection[..., c]
     return rates
 
 
@@ -367,7 +525,8 @@ def gaps_from_rates(rates: dict[str, Tensor], num_classes: int) -> dict[str, Ten
 
     rates {stat: (..., G)} -> {gap: (...)}. Groups where a rate is NaN (no samples, zero denominator) are
     left out of that rate's gap; a gap over fewer than two groups is NaN. Ratios are min / max, NaN when
-    max == 0 (as in fairlearn). Binary-only gaps are absent for C > 2.
+    max == 0 (as in fairlearn). Binary-only gaps (ratios, equalized odds, equal opportunity) are absent for
+    C > 2, where demographic_parity_difference is the largest per-class selection-rate spread.
     """
     gaps = {}
     if num_classes == 2:
@@ -386,7 +545,9 @@ def gaps_from_rates(rates: dict[str, Tensor], num_classes: int) -> dict[str, Ten
         # Recall of class 0 is 1 - FPR, whose spread across groups equals the FPR spread.
         class_gaps = [fpr_diff, tpr_diff]
     else:
-        class_gaps = [high - low for low, high in (_spread(rates[f"tpr_{c}"]) for c in range(num_classes))]
+        selection_gaps = [_width(rates[f"selection_rate_{c}"]) for c in range(num_classes)]
+        gaps["demographic_parity_difference"] = _nanmax(torch.stack(selection_gaps, -1))
+        class_gaps = [_width(rates[f"tpr_{c}"]) for c in range(num_classes)]
     acc_low, acc_high = _spread(rates["accuracy"])
     gaps["accuracy_difference"] = acc_high - acc_low
     gaps["worst_group_accuracy"] = acc_low
@@ -396,113 +557,21 @@ def gaps_from_rates(rates: dict[str, Tensor], num_classes: int) -> dict[str, Ten
     return gaps
 
 
-def flatten_metrics(result: dict, prefix: str) -> dict[str, float]:
-    """Flatten a `GroupStats.compute` result into `prefix/...` keys for Trainer logs, dropping NaN values.
-
-    Keys: prefix/<gap>, prefix/<gap>_ci_low, prefix/<gap>_ci_high, prefix/overall/<stat>,
-    prefix/<group>/<stat>. NaN is dropped because loggers such as TensorBoard reject it.
-    """
-    if "overall" in result["by_group"]:
-        raise ValueError(ERR_GROUP_NAMED_OVERALL)
-    flat = {f"{prefix}/{gap}": value for gap, value in result["gaps"].items()}
-    for gap, (low, high) in result.get("intervals", {}).items():
-        flat[f"{prefix}/{gap}_ci_low"] = low
-        flat[f"{prefix}/{gap}_ci_high"] = high
-    sections = {"overall": result["overall"], **result["by_group"]}
-    for section, stats in sections.items():
-        for stat, value in stats.items():
-            flat[f"{prefix}/{section}/{stat}"] = value
-    return {key: float(value) for key, value in flat.items() if not math.isnan(value)}
+def stat_names(num_classes: int) -> list[str]:
+    """The per-group and overall stat keys of a `GroupResult` for ``num_classes`` classes, in order."""
+    return [*rates_from_confusion(torch.zeros(1, num_classes, num_classes)), "ece", "loss"]
 
 
-# fairlearn-style functions over arrays -----------------------------------------------------------------
-
-
-def demographic_parity_difference(
-    y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike
-) -> float:
-    """Max - min selection rate across groups (binary labels)."""
-    return _binary_gap("demographic_parity_difference", y_true, y_pred, sensitive_features)
-
-
-def demographic_parity_ratio(y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike) -> float:
-    """Min / max selection rate across groups (binary labels); NaN when every rate is 0."""
-    return _binary_gap("demographic_parity_ratio", y_true, y_pred, sensitive_features)
-
-
-def equalized_odds_difference(
-    y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike, agg: str = "worst_case"
-) -> float:
-    """Larger ("worst_case") or mean ("mean") of the TPR and FPR differences across groups (binary labels)."""
-    gap = "equalized_odds_difference" + _agg_suffix(agg)
-    return _binary_gap(gap, y_true, y_pred, sensitive_features)
-
-
-def equalized_odds_ratio(
-    y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike, agg: str = "worst_case"
-) -> float:
-    """Smaller ("worst_case") or mean ("mean") of the TPR and FPR min/max ratios across groups (binary)."""
-    gap = "equalized_odds_ratio" + _agg_suffix(agg)
-    return _binary_gap(gap, y_true, y_pred, sensitive_features)
-
-
-def equal_opportunity_difference(
-    y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike
-) -> float:
-    """Max - min true positive rate across groups (binary labels)."""
-    return _binary_gap("equal_opportunity_difference", y_true, y_pred, sensitive_features)
-
-
-def accuracy_difference(y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike) -> float:
-    """Max - min accuracy across groups (any number of classes)."""
-    return metric_frame(y_true, y_pred, sensitive_features=sensitive_features)["gaps"]["accuracy_difference"]
-
-
-def worst_group_accuracy(y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike) -> float:
-    """Lowest accuracy of any group (any number of classes)."""
-    return metric_frame(y_true, y_pred, sensitive_features=sensitive_features)["gaps"]["worst_group_accuracy"]
-
-
-def tpr_gap_rms(y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike) -> float:
-    """Root mean square over classes of the across-group recall spread (any number of classes)."""
-    return metric_frame(y_true, y_pred, sensitive_features=sensitive_features)["gaps"]["tpr_gap_rms"]
-
-
-def metric_frame(
-    y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike, y_prob: ArrayLike | None = None
-) -> dict:
-    """`GroupStats.compute` result for arrays.
-
-    y_true, y_pred (N,) integer class ids; sensitive_features (N,) or (N, K) hashable values (K columns are
-    intersected, names joined with ","; groups in sorted order); y_prob (N,) probability of class 1 or
-    (N, C) class probabilities, enables the ECE (with the confidence of the predicted class y_pred).
-    C is y_prob's width, else max(2, largest label + 1).
-    """
-    labels = _class_ids("y_true", y_true)
-    preds = _class_ids("y_pred", y_pred)
-    num_samples = labels.shape[0]
-    _check_length("y_pred", preds, num_samples)
-    groups, names = _encode_groups(sensitive_features, num_samples)
-    probs = None if y_prob is None else _probabilities(y_prob, num_samples)
-    if probs is not None:
-        num_classes = probs.shape[1]
-    else:
-        num_classes = max(2, int(max(labels.max(), preds.max())) + 1) if num_samples else 2
-    stats = GroupStats(num_classes, len(names))
-    confidence = None
-    if probs is not None and num_samples:
-        # Range-check before gather, which would fail with a less helpful error on an out-of-range pred.
-        high = int(preds.max())
-        if preds.min() < 0 or high >= num_classes:
-            raise ValueError(
-                ERR_CLASS_RANGE.format(name="preds", num_classes=num_classes, low=int(preds.min()), high=high)
-            )
-        confidence = probs.gather(1, preds[:, None]).squeeze(1)
-    stats._update(labels, groups, preds, confidence, None)
-    return stats.compute(names)
+def gap_names(num_classes: int) -> list[str]:
+    """The gap keys of a `GroupResult` for ``num_classes`` classes, in order (known before evaluating)."""
+    return list(gaps_from_rates(rates_from_confusion(torch.zeros(1, num_classes, num_classes)), num_classes))
 
 
 # helpers -----------------------------------------------------------------------------------------------
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _pad(t: Tensor, dim: int, extra: int) -> Tensor:
@@ -511,19 +580,9 @@ def _pad(t: Tensor, dim: int, extra: int) -> Tensor:
     return torch.cat([t, t.new_zeros(shape)], dim)
 
 
-def _check_length(name: str, t: Tensor, num_samples: int) -> None:
-    if t.dim() != 1:
-        raise ValueError(ERR_NOT_1D.format(name=name, shape=tuple(t.shape)))
-    if t.shape[0] != num_samples:
-        raise ValueError(ERR_LENGTH.format(name=name, got=t.shape[0], expected=num_samples))
-
-
 def _check_ids(name: str, t: Tensor, num_samples: int | None = None) -> Tensor:
-    """Validate an (N,) integer tensor of ids and return it as int64."""
-    if t.dim() != 1:
-        raise ValueError(ERR_NOT_1D.format(name=name, shape=tuple(t.shape)))
-    if num_samples is not None:
-        _check_length(name, t, num_samples)
+    """Validate an (N,) integer tensor of ids and return it as int64 (floats are refused by dtype)."""
+    check_1d(name, t, num_samples)
     if t.dtype.is_floating_point or t.dtype.is_complex:
         raise ValueError(ERR_NOT_INTEGER.format(name=name, dtype=t.dtype))
     return t.detach().long()
@@ -545,17 +604,21 @@ def _spread(values: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(enough, low, torch.nan), torch.where(enough, high, torch.nan)
 
 
+def _width(values: Tensor) -> Tensor:
+    low, high = _spread(values)
+    return high - low
+
+
+def _nanmax(values: Tensor) -> Tensor:
+    """Max over the last dim ignoring NaN; NaN where every entry is NaN."""
+    defined = ~values.isnan()
+    high = torch.where(defined, values, -torch.inf).amax(-1)
+    return torch.where(defined.any(-1), high, torch.nan)
+
+
 def _min_over_max(low: Tensor, high: Tensor) -> Tensor:
     # fairlearn returns NaN (0 / 0) when the largest rate is 0; match it explicitly.
     return torch.where(high > 0, low / high, torch.nan)
-
-
-def _ece_from_bins(calib: Tensor) -> Tensor:
-    """calib (..., B, 3) [count, sum confidence, sum correct] -> top-label ECE (...); NaN without samples.
-
-    sum_b (n_b / n) |conf_b - acc_b| = sum_b |sum conf_b - sum correct_b| / n.
-    """
-    return _ratio((calib[..., 1] - calib[..., 2]).abs().sum(-1), calib[..., 0].sum(-1))
 
 
 def _mean_loss(loss_sums: Tensor) -> Tensor:
@@ -571,73 +634,24 @@ def _scalar(stat: str, value: float) -> int | float:
     return int(value) if stat == "count" else float(value)
 
 
+def _float(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _floats(stats: dict[str, Any]) -> dict[str, float]:
+    return {k: (int(v) if k == "count" and v is not None else _float(v)) for k, v in stats.items()}
+
+
+def _class_names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
+    if class_names is None:
+        return [str(c) for c in range(num_classes)]
+    if len(class_names) != num_classes:
+        raise ValueError(ERR_CLASS_NAMES.format(got=len(class_names), num_classes=num_classes))
+    return [str(n) for n in class_names]
+
+
 def _name_groups(group_names: Sequence[str] | None, present: list[int]) -> dict[int, str]:
+    """Name of each present group id: group_names[id], or str(id) beyond the names given."""
     names = list(group_names) if group_names is not None else []
-    named: dict[int, str] = {}
-    owner: dict[str, int] = {}
-    for g in present:
-        name = str(names[g]) if g < len(names) else str(g)
-        if name in owner:
-            raise ValueError(ERR_DUPLICATE_NAME.format(name=name, first=owner[name], second=g))
-        named[g], owner[name] = name, g
-    return named
-
-
-def _agg_suffix(agg: str) -> str:
-    if agg not in AGG_CHOICES:
-        raise ValueError(ERR_AGG.format(choices=", ".join(repr(c) for c in AGG_CHOICES), agg=agg))
-    return "" if agg == "worst_case" else "_mean"
-
-
-def _binary_gap(gap: str, y_true: ArrayLike, y_pred: ArrayLike, sensitive_features: ArrayLike) -> float:
-    for name, values in (("y_true", y_true), ("y_pred", y_pred)):
-        unique = np.unique(_to_numpy(values))
-        if not np.isin(unique, [0, 1]).all():
-            raise ValueError(ERR_NOT_BINARY.format(name=name, values=unique.tolist()))
-    result = metric_frame(y_true, y_pred, sensitive_features=sensitive_features)
-    # C == 2 is forced even when one array holds a single class, so the binary gaps always exist.
-    return result["gaps"][gap]
-
-
-def _to_numpy(values: ArrayLike) -> np.ndarray:
-    if isinstance(values, Tensor):
-        return values.detach().cpu().numpy()
-    if hasattr(values, "to_numpy"):  # pandas Series / DataFrame, without importing pandas
-        return values.to_numpy()
-    return np.asarray(values)
-
-
-def _class_ids(name: str, values: ArrayLike) -> Tensor:
-    """(N,) integer-valued array-like -> (N,) int64 tensor (floats such as 1.0 are accepted)."""
-    array = _to_numpy(values)
-    if array.ndim != 1:
-        raise ValueError(ERR_NOT_1D.format(name=name, shape=array.shape))
-    integral = array.dtype.kind in "biu" or (array.dtype.kind == "f" and np.all(np.mod(array, 1) == 0))
-    if not integral:
-        raise ValueError(ERR_NOT_INTEGER.format(name=name, dtype=array.dtype))
-    return torch.from_numpy(array.astype(np.int64))
-
-
-def _encode_groups(sensitive_features: ArrayLike, num_samples: int) -> tuple[Tensor, list[str]]:
-    """(N,) or (N, K) hashable values -> group ids (N,) int64 and names, in sorted order like fairlearn."""
-    values = _to_numpy(sensitive_features)
-    if values.ndim == 1:
-        values = values[:, None]
-    if values.ndim != 2 or values.shape[0] != num_samples:
-        raise ValueError(ERR_SENSITIVE_SHAPE.format(shape=values.shape))
-    # Encode column by column (np.unique cannot sort object rows), then intersect the integer codes.
-    columns = [np.unique(values[:, k], return_inverse=True) for k in range(values.shape[1])]
-    codes = np.stack([inverse.reshape(-1) for _, inverse in columns], 1)
-    keys, ids = np.unique(codes, axis=0, return_inverse=True)
-    names = [",".join(str(columns[k][0][code]) for k, code in enumerate(key)) for key in keys]
-    return torch.from_numpy(ids.reshape(-1).astype(np.int64)), names
-
-
-def _probabilities(y_prob: ArrayLike, num_samples: int) -> Tensor:
-    """(N,) probability of class 1 or (N, C) probabilities -> (N, C) float64."""
-    probs = torch.as_tensor(_to_numpy(y_prob), dtype=torch.float64)
-    if probs.dim() == 1:
-        probs = torch.stack([1.0 - probs, probs], 1)
-    if probs.dim() != 2 or probs.shape[0] != num_samples or probs.shape[1] < 2:
-        raise ValueError(ERR_PROB_SHAPE.format(num_samples=num_samples, shape=tuple(probs.shape)))
-    return probs
+    chosen = [names[g] if g < len(names) else g for g in present]
+    return dict(zip(present, unique_names(chosen, present), strict=True))

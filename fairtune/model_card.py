@@ -11,7 +11,8 @@ import os
 from typing import Any
 
 from fairtune.audit import audit_table
-from fairtune.report import gap_table, group_table
+from fairtune.metrics import GroupResult
+from fairtune.report import result_section
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def render_model_card(
     post_processing: str,
     augmentation: str,
     data_audit: dict[str, Any] | None,
-    splits: dict[str, dict[str, Any]],
+    splits: dict[str, dict[str, GroupResult]],
     eval_split: str,
 ) -> str:
     """Markdown of the card: metadata, description, fairness section."""
@@ -60,17 +61,7 @@ def render_model_card(
     result_splits = [s for s in splits if s.startswith(eval_split)] or list(splits)
     for split in result_splits:
         for grouping, result in splits[split].items():
-            lines += [
-                f"### {split} split, by `{grouping}`",
-                "",
-                group_table(result),
-                "",
-                gap_table(result),
-                "",
-            ]
-            lines += [f"> {w}" for w in result.get("warnings", [])]
-            if result.get("warnings"):
-                lines.append("")
+            lines += result_section(f"### {split} split, by `{grouping}`", result, warning_prefix="> ")
     lines += [
         "### Limitations",
         "",

@@ -16,7 +16,7 @@ from fairtune.audit import audit_dataset, write_audit
 from fairtune.config import DataArguments, FairTrainingArguments, ModelArguments, resolve_model_path
 from fairtune.data.loading import augment_training_data, describe_source, load_raw_datasets, tokenize
 from fairtune.groups import VOCAB_FILE, GroupVocabulary, groupings_of
-from fairtune.metrics import flatten_metrics
+from fairtune.metrics import GroupResult
 from fairtune.mitigation import Mitigations
 from fairtune.model_card import render_model_card, write_model_card
 from fairtune.report import gap_table, group_table, write_report
@@ -144,7 +144,7 @@ def train_and_report(
             _, results = trainer.predict_with_thresholds(scored=scored[split])
             splits[f"{split} + thresholds"] = results
             metrics[f"{split}_thresholds"] = {
-                k: v for name, r in results.items() for k, v in flatten_metrics(r, f"{split}_{name}").items()
+                k: v for name, r in results.items() for k, v in r.flat(f"{split}_{name}").items()
             }
     if trainer.is_world_process_zero():
         run_info = {
@@ -218,7 +218,7 @@ def _final_validation(trainer: FairTrainer) -> dict[str, float]:
     return trainer.evaluate(metric_key_prefix="eval")
 
 
-def print_summary(splits: dict[str, dict[str, Any]]) -> None:
+def print_summary(splits: dict[str, dict[str, GroupResult]]) -> None:
     """Print each split's per-group table and gaps to the terminal (the Markdown renders readably as text)."""
     for split, groupings in splits.items():
         for name, result in groupings.items():

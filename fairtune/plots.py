@@ -1,12 +1,16 @@
-"""Plots of per-group model behaviour: rates with intervals, ROC curves, score histograms, calibration.
+"""Plots of per-group model behaviour and of a data audit; every PNG fairtune writes comes from here.
 
-``plot_group_rates`` and ``plot_comparison`` draw ``GroupStats.compute`` results (one or two models);
-``plot_roc``, ``plot_score_distributions`` and ``plot_calibration`` draw raw scores, one group at a time.
-Every function writes one PNG and returns its path. The numbers behind the curves come from the numpy
-helpers ``roc_curve``, ``auc`` and ``calibration_bins`` (no scikit-learn at run time).
+``plot_group_rates`` and ``plot_comparison`` draw `GroupResult`s (one or two models); ``plot_roc``,
+``plot_score_distributions`` and ``plot_calibration`` draw raw scores, one group at a time; ``plot_audit``
+draws a data audit (``fairtune.audit``). Every function writes PNGs and returns their paths. The numbers
+behind the curves come from ``fairtune.curves`` (ROC points, calibration bins, Wilson intervals, one number
+format), the same code the metrics and the post-processing use.
 
 Array inputs: ``scores`` (N,) the predicted probability of class 1, ``labels`` (N,) 0/1, ``groups`` (N,)
 integer ids indexing ``group_names``. Groups without samples are left out and named in the figure.
+
+Length: about 560 lines, one file on purpose: it is the only module that imports matplotlib, and its
+figure helpers (grid, intervals, bars, saving) serve every plot.
 """
 
 from __future__ import annotations
@@ -17,45 +21,45 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
-from fairtune.audit import wilson_interval
+from fairtune.curves import (
+    ERR_BINS,
+    add_calibration,
+    as_binary,
+    as_ids,
+    as_probabilities,
+    auc,
+    check_1d,
+    check_named,
+    ece_from_bins,
+    fmt,
+    roc_curve,
+    unique_names,
+    wilson_interval,
+)
+from fairtune.groups import INTERSECTION_SEPARATOR
+from fairtune.metrics import GroupResult
 
 __all__ = [
     "HEADLINE_GAPS",
-    "auc",
-    "calibration_bins",
+    "plot_audit",
     "plot_calibration",
     "plot_comparison",
     "plot_group_rates",
     "plot_roc",
     "plot_score_distributions",
-    "roc_curve",
 ]
 
-ERR_NOT_1D = "{name} must have shape (N,), got {shape}"
-ERR_NOT_NUMERIC = "{name} must be numeric, got dtype {dtype}"
 ERR_EMPTY = "{name} is empty: nothing to plot"
-ERR_LENGTH = "{name} has {got} entries, scores has {expected} (one per sample)"
-ERR_SCORE_RANGE = "scores must be probabilities in [0, 1]; got min {low}, max {high} and {nans} NaN"
-ERR_NOT_BINARY = "labels must be 0/1, got values {values}"
-ERR_NOT_INTEGER = "{name} must hold integer ids, got {detail}"
-ERR_GROUP_RANGE = (
-    "group ids must lie in [0, {num_groups}) (one per group name), got values in [{low}, {high}]"
-)
-ERR_NO_GROUP_NAMES = "group_names is empty: name every group id"
-ERR_DUPLICATE_NAME = "group name {name!r} is given twice in group_names"
-ERR_ONE_CLASS = "a ROC curve needs positive and negative labels, got {positives} positive(s) of {total}"
-ERR_AUC_INPUT = "fpr and tpr must be 1-D of equal length >= 2, got shapes {fpr_shape} and {tpr_shape}"
-ERR_AUC_ORDER = "fpr must be monotonic (as returned by roc_curve)"
-ERR_BINS = "bins must be >= 1, got {bins}"
 ERR_PROB_SHAPE = "scores must have shape (N,) or (N, C) with C >= 2, got {shape}"
 ERR_CLASS_RANGE = "labels must lie in [0, {num_classes}) for (N, {num_classes}) scores, got [{low}, {high}]"
 ERR_CONFIDENCE = "confidence must lie in (0, 1), got {confidence}"
-ERR_RESULT = "{name} must be a GroupStats.compute() result (a dict with {keys}), got {got}"
+ERR_RESULT = "{name} must be a GroupResult (GroupStats.compute()), got {got}"
 ERR_NO_GROUPS = "{name} has no groups (by_group is empty): nothing to plot"
 ERR_NAMES = "names must be two labels (model A, model B), got {names!r}"
 ERR_UNKNOWN_GAP = "gap {gap!r} is in neither result; available: {available}"
-ERR_NO_GAPS = "no gap to compare: pass gaps= naming keys of the results' 'gaps'"
+ERR_NO_GAPS = "no gap to compare: pass gaps= naming keys of the results' gaps"
 
 # Headline gaps for plot_comparison, in display order; binary-only ones are absent for C > 2.
 HEADLINE_GAPS = (
@@ -64,6 +68,7 @@ HEADLINE_GAPS = (
     "equal_opportunity_difference",
     "accuracy_difference",
     "worst_group_accuracy",
+    "tpr_gap_rms",
 )
 GAP_LABELS = {
     "demographic_parity_difference": "DP difference",
@@ -81,142 +86,35 @@ PNG_DPI = 110
 COLORS = ("#4C72B0", "#DD8452")  # model A / model B, and the single colour of one-model plots
 
 
-# ----- numpy helpers -----------------------------------------------------------------------------------
-def roc_curve(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ROC curve of binary ``labels`` (N,) ranked by ``scores`` (N,).
-
-    Returns fpr, tpr, thresholds, each (K + 1,) for K distinct scores: point k counts ``score >=
-    thresholds[k]`` as positive; the first point is (0, 0) at threshold +inf. Same points as scikit-learn's
-    ``roc_curve(..., drop_intermediate=False)``.
-    """
-    s, y = _check_scores_labels(scores, labels)
-    positives, total = int(y.sum()), len(y)
-    if positives in (0, total):
-        raise ValueError(ERR_ONE_CLASS.format(positives=positives, total=total))
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    # One point per distinct score: the last index of each run of tied scores.
-    last = np.r_[np.flatnonzero(np.diff(s)), total - 1]
-    tps = np.cumsum(y)[last]
-    fps = last + 1 - tps
-    fpr = np.r_[0.0, fps / (total - positives)]
-    tpr = np.r_[0.0, tps / positives]
-    return fpr, tpr, np.r_[np.inf, s[last]]
-
-
-def auc(fpr: Any, tpr: Any) -> float:
-    """Area under a curve (K,) x (K,) by the trapezoidal rule; ``fpr`` must be monotonic."""
-    x, y = np.asarray(fpr, dtype=float), np.asarray(tpr, dtype=float)
-    if x.ndim != 1 or x.shape != y.shape or len(x) < 2:
-        raise ValueError(ERR_AUC_INPUT.format(fpr_shape=x.shape, tpr_shape=y.shape))
-    dx = np.diff(x)
-    if not ((dx >= 0).all() or (dx <= 0).all()):
-        raise ValueError(ERR_AUC_ORDER)
-    return float(abs(np.sum(dx * (y[1:] + y[:-1]) / 2)))
-
-
-def calibration_bins(scores: Any, labels: Any, bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reliability-diagram bins of ``scores`` (N,) in [0, 1] against binary ``labels`` (N,).
-
-    Equal-width bins (k/B, (k+1)/B], right-closed as in ``GroupStats``' ECE; a score of 0 falls into the
-    first. Returns mean_pred, frac_pos, counts, each (B,): the mean score, the share of label 1 and the
-    number of samples per bin; mean_pred and frac_pos are NaN in empty bins.
-    """
-    if bins < 1:
-        raise ValueError(ERR_BINS.format(bins=bins))
-    s, y = _check_scores_labels(scores, labels)
-    # searchsorted against explicit edges: ceil(s * B) would put s = 0.3 into (0.3, 0.4] by rounding.
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    index = np.clip(np.searchsorted(edges, s, side="left") - 1, 0, bins - 1)
-    counts = np.bincount(index, minlength=bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_pred = np.bincount(index, weights=s, minlength=bins) / counts
-        frac_pos = np.bincount(index, weights=y, minlength=bins) / counts
-    return mean_pred, frac_pos, counts
-
-
-def _ece(mean_pred: np.ndarray, frac_pos: np.ndarray, counts: np.ndarray) -> float:
-    """Count-weighted mean |mean_pred - frac_pos| over non-empty bins (B,)."""
-    filled = counts > 0
-    gaps = np.abs(mean_pred[filled] - frac_pos[filled])
-    return float(np.sum(counts[filled] * gaps) / counts.sum())
-
-
 # ----- input checks ------------------------------------------------------------------------------------
-def _as_array(name: str, values: Any, ndim: int | None = 1) -> np.ndarray:
-    if hasattr(values, "detach"):  # torch tensors, possibly on an accelerator, without importing torch
-        values = values.detach().cpu().numpy()
-    array = np.asarray(values)
-    if ndim is not None and array.ndim != ndim:
-        raise ValueError(ERR_NOT_1D.format(name=name, shape=array.shape))
-    if array.dtype.kind not in "biuf":
-        raise ValueError(ERR_NOT_NUMERIC.format(name=name, dtype=array.dtype))
-    if array.shape[0] == 0:
-        raise ValueError(ERR_EMPTY.format(name=name))
-    return array
-
-
-def _check_length(name: str, array: np.ndarray, expected: int) -> None:
-    if array.shape[0] != expected:
-        raise ValueError(ERR_LENGTH.format(name=name, got=array.shape[0], expected=expected))
-
-
-def _check_probabilities(s: np.ndarray) -> np.ndarray:
-    s = s.astype(float)
-    if not np.all((s >= 0) & (s <= 1)):  # also false for NaN
-        nans = int(np.isnan(s).sum())
-        low, high = (np.nanmin(s), np.nanmax(s)) if nans < s.size else (math.nan, math.nan)
-        raise ValueError(ERR_SCORE_RANGE.format(low=low, high=high, nans=nans))
-    return s
-
-
-def _integer_ids(name: str, array: np.ndarray) -> np.ndarray:
-    # Float ids such as 1.0 (e.g. from a pandas column with NaN dropped) are accepted when integral.
-    if array.dtype.kind == "f" and not np.all(np.mod(array, 1) == 0):
-        raise ValueError(ERR_NOT_INTEGER.format(name=name, detail=f"non-integral {array.dtype} values"))
-    return array.astype(np.int64)
-
-
-def _check_scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) probabilities of class 1 and (N,) 0/1 labels -> float scores, int labels."""
-    s = _check_probabilities(_as_array("scores", scores))
-    y = _as_array("labels", labels)
-    _check_length("labels", y, len(s))
-    values = np.unique(y)
-    if not np.isin(values, [0, 1]).all():
-        raise ValueError(ERR_NOT_BINARY.format(values=values[:10].tolist()))
-    return s, y.astype(np.int64)
+def _scores(values: Any, ndim: int | None = 1) -> np.ndarray:
+    scores = as_probabilities("scores", values)
+    if ndim == 1:
+        check_1d("scores", scores)
+    if scores.shape[0] == 0:
+        raise ValueError(ERR_EMPTY.format(name="scores"))
+    return scores
 
 
 def _check_groups(groups: Any, group_names: Sequence[str], num_samples: int) -> tuple[np.ndarray, list[str]]:
-    names = [str(n) for n in group_names]
-    if not names:
-        raise ValueError(ERR_NO_GROUP_NAMES)
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise ValueError(ERR_DUPLICATE_NAME.format(name=name))
-        seen.add(name)
-    g = _integer_ids("groups", _as_array("groups", groups))
-    _check_length("groups", g, num_samples)
-    low, high = int(g.min()), int(g.max())
-    if low < 0 or high >= len(names):
-        raise ValueError(ERR_GROUP_RANGE.format(num_groups=len(names), low=low, high=high))
+    names = unique_names(group_names)
+    g = as_ids("groups", groups, num_samples)
+    check_named(g, len(names))
     return g, names
 
 
 def _check_inputs(
     scores: Any, labels: Any, groups: Any, group_names: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    s, y = _check_scores_labels(scores, labels)
+    s = _scores(scores)
+    y = as_binary("labels", labels, len(s))
     g, names = _check_groups(groups, group_names, len(s))
     return s, y, g, names
 
 
-def _check_result(name: str, result: Any, keys: tuple[str, ...]) -> None:
-    if not isinstance(result, dict) or any(k not in result for k in keys):
-        got = sorted(result) if isinstance(result, dict) else type(result).__name__
-        raise ValueError(ERR_RESULT.format(name=name, keys=", ".join(repr(k) for k in keys), got=got))
+def _check_result(name: str, result: Any) -> None:
+    if not isinstance(result, GroupResult):
+        raise ValueError(ERR_RESULT.format(name=name, got=type(result).__name__))
 
 
 # ----- plotting helpers --------------------------------------------------------------------------------
@@ -242,19 +140,13 @@ def _save(fig: Any, path: str) -> str:
 
 
 def _value(stats: dict[str, Any], key: str) -> float:
-    """A stat as float, NaN when missing or None (JSON-loaded results may hold null)."""
-    value = stats.get(key)
-    return math.nan if value is None else float(value)
+    """A stat as float, NaN when missing."""
+    return float(stats.get(key, math.nan))
 
 
-def _interval(result: dict[str, Any], gap: str) -> tuple[float, float]:
-    """A gap's bootstrap interval as floats; NaN when absent (no bootstrap) or null in loaded JSON."""
-    low, high = result.get("intervals", {}).get(gap) or (None, None)
-    return (math.nan if low is None else float(low), math.nan if high is None else float(high))
-
-
-def _fmt(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.3f}"
+def _interval(result: GroupResult, gap: str) -> tuple[float, float]:
+    """A gap's bootstrap interval; NaN when absent (no bootstrap)."""
+    return result.intervals.get(gap, (math.nan, math.nan))
 
 
 def _draw_intervals(ax: Any, ys: Sequence[float], lows: Sequence[float], highs: Sequence[float]) -> None:
@@ -299,20 +191,20 @@ def _grid(plt: Any, panels: int, max_cols: int, width: float, height: float) -> 
 
 
 # ----- result plots ------------------------------------------------------------------------------------
-def plot_group_rates(result: dict[str, Any], path: str, title: str = "", confidence: float = 0.95) -> str:
-    """Per-group rates of a ``GroupStats.compute`` result as dot plots with Wilson intervals.
+def plot_group_rates(result: GroupResult, path: str, title: str = "", confidence: float = 0.95) -> str:
+    """Per-group rates of a `GroupResult` as dot plots with Wilson intervals.
 
-    Binary: one panel each for selection rate, TPR, FPR and accuracy; C > 2: accuracy and each tpr_<c>
-    (the latter without interval). A dashed line marks the overall rate; a NaN or missing rate leaves its
-    group listed without a dot. The title carries the headline gaps. Returns ``path``.
+    Binary: one panel each for selection rate, TPR, FPR and accuracy; C > 2: accuracy and the TPR of each
+    class (named by ``class_names``, without interval). A dashed line marks the overall rate; a NaN or
+    missing rate leaves its group listed without a dot. The title carries the headline gaps. Returns ``path``.
     """
-    _check_result("result", result, ("by_group", "overall"))
+    _check_result("result", result)
     if not 0.0 < confidence < 1.0:
         raise ValueError(ERR_CONFIDENCE.format(confidence=confidence))
-    by_group, overall = result["by_group"], result["overall"]
+    by_group, overall = result.by_group, result.overall
     if not by_group:
         raise ValueError(ERR_NO_GROUPS.format(name="result"))
-    num_classes = result.get("num_classes", 2 if "selection_rate" in overall else 3)
+    num_classes = result.num_classes
     stats = BINARY_RATES if num_classes == 2 else ("accuracy", *(f"tpr_{c}" for c in range(num_classes)))
     groups = list(by_group)
     level = round(confidence * 100)
@@ -340,24 +232,24 @@ def plot_group_rates(result: dict[str, Any], path: str, title: str = "", confide
         # Reversed limits put the first group on top, as in the result dict; the margin keeps end dots whole.
         ax.set_ylim(len(groups) - 0.5, -0.5)
         # The overall value goes into the title: a legend would cover dots near 0 or 1.
-        name = RATE_LABELS.get(stat, stat.replace("tpr_", "TPR class "))
-        ax.set_title(f"{name} (overall {_fmt(total)}, dashed)")
+        name = RATE_LABELS.get(stat, result.stat_label(stat))
+        ax.set_title(f"{name} (overall {fmt(total)}, dashed)")
         ax.set_xlabel(f"with {level}% Wilson interval" if num_classes == 2 or stat == "accuracy" else "")
     headline = (
         ("demographic_parity_difference", "equalized_odds_difference")
         if num_classes == 2
-        else ("accuracy_difference", "tpr_gap_rms")
+        else ("demographic_parity_difference", "tpr_gap_rms")
     )
     fig.suptitle(_join_title(title, _gap_summary(result, headline)))
     fig.tight_layout()
     return _save(fig, path)
 
 
-def _gap_summary(result: dict[str, Any], gaps: Sequence[str]) -> str:
+def _gap_summary(result: GroupResult, gaps: Sequence[str]) -> str:
     parts = []
     for gap in gaps:
-        value = _value(result.get("gaps", {}), gap)
-        text = f"{GAP_LABELS.get(gap, gap)} {_fmt(value)}"
+        value = _value(result.gaps, gap)
+        text = f"{GAP_LABELS.get(gap, gap)} {fmt(value)}"
         low, high = _interval(result, gap)
         if not math.isnan(value + low + high):
             text += f" [{low:.3f}, {high:.3f}]"
@@ -370,24 +262,24 @@ def _join_title(*parts: str) -> str:
 
 
 def plot_comparison(
-    results_a: dict[str, Any],
-    results_b: dict[str, Any],
+    results_a: GroupResult,
+    results_b: GroupResult,
     path: str,
     names: Sequence[str] = ("before", "after"),
     gaps: Sequence[str] | None = None,
 ) -> str:
-    """Two ``GroupStats.compute`` results side by side: headline gaps and per-group rates.
+    """Two `GroupResult`s side by side: headline gaps and per-group rates.
 
     Left: grouped horizontal bars per gap (default ``HEADLINE_GAPS`` present in either result) with the
     bootstrap intervals of ``intervals`` where present. Right: per-group selection rate (accuracy when a
     result is multi-class), with each model's overall rate dashed. Returns ``path``.
     """
-    _check_result("results_a", results_a, ("by_group", "gaps"))
-    _check_result("results_b", results_b, ("by_group", "gaps"))
+    _check_result("results_a", results_a)
+    _check_result("results_b", results_b)
     if isinstance(names, str) or len(names) != 2:
         raise ValueError(ERR_NAMES.format(names=names))
     results = (results_a, results_b)
-    available = list(dict.fromkeys([*results_a["gaps"], *results_b["gaps"]]))
+    available = list(dict.fromkeys([*results_a.gaps, *results_b.gaps]))
     if gaps is None:
         gaps = [g for g in HEADLINE_GAPS if g in available]
     for gap in gaps:
@@ -395,9 +287,9 @@ def plot_comparison(
             raise ValueError(ERR_UNKNOWN_GAP.format(gap=gap, available=", ".join(available)))
     if not gaps:
         raise ValueError(ERR_NO_GAPS)
-    both_binary = all("selection_rate" in r.get("overall", {}) for r in results)
+    both_binary = all(r.num_classes == 2 for r in results)
     stat = "selection_rate" if both_binary else "accuracy"
-    groups = list(dict.fromkeys([*results_a["by_group"], *results_b["by_group"]]))
+    groups = list(dict.fromkeys([*results_a.by_group, *results_b.by_group]))
 
     plt = _pyplot()
     height = max(3.0, 0.45 * max(len(gaps), len(groups)) + 1.6)
@@ -405,19 +297,17 @@ def plot_comparison(
     bar = 0.38
     for k, (result, name) in enumerate(zip(results, names, strict=True)):
         ys = [i + (k - 0.5) * bar for i in range(len(gaps))]
-        values = [_value(result["gaps"], g) for g in gaps]
+        values = [_value(result.gaps, g) for g in gaps]
         _bars(left, ys, values, bar, COLORS[k], str(name), [_interval(result, g) for g in gaps])
 
         ys = [i + (k - 0.5) * bar for i in range(len(groups))]
-        values = [_value(result["by_group"].get(g, {}), stat) for g in groups]
+        values = [_value(result.by_group.get(g, {}), stat) for g in groups]
         _bars(right, ys, values, bar, COLORS[k], str(name))
-        total = _value(result.get("overall", {}), stat)
+        total = _value(result.overall, stat)
         if not math.isnan(total):
             right.axvline(total, color=COLORS[k], linestyle="--", linewidth=1, label=f"{name} overall")
     left.set_yticks(range(len(gaps)), [GAP_LABELS.get(g, g) for g in gaps])
-    left.set_title(
-        "fairness gaps" + (" (bootstrap intervals)" if any("intervals" in r for r in results) else "")
-    )
+    left.set_title("fairness gaps" + (" (bootstrap intervals)" if any(r.intervals for r in results) else ""))
     right.set_yticks(range(len(groups)), groups)
     right.set_title(f"{RATE_LABELS[stat]} by group")
     for ax in (left, right):
@@ -438,14 +328,14 @@ def _bars(
     label: str,
     intervals: list[tuple[float, float]] | None = None,
 ) -> None:
-    """Horizontal bars, optionally with intervals, labelled with their value ('n/a' and no bar for NaN)."""
+    """Horizontal bars, optionally with intervals, labelled with their value (no bar for NaN)."""
     ax.barh(ys, [0.0 if math.isnan(v) else v for v in values], height=height, color=color, label=label)
     intervals = intervals or [(math.nan, math.nan)] * len(values)
     _draw_intervals(ax, ys, [lo for lo, _ in intervals], [hi for _, hi in intervals])
     for y, v, (_, high) in zip(ys, values, intervals, strict=True):
         # Right of the interval's end too, so the label does not sit on the interval line.
         x = 0.0 if math.isnan(v) else max(v, 0.0 if math.isnan(high) else high)
-        ax.text(x + 0.01, y, _fmt(v), va="center", fontsize="x-small")
+        ax.text(x + 0.01, y, fmt(v), va="center", fontsize="x-small")
 
 
 # ----- score plots -------------------------------------------------------------------------------------
@@ -562,38 +452,37 @@ def plot_calibration(
 ) -> str:
     """Reliability diagram per group: mean predicted vs observed frequency per non-empty bin.
 
-    scores (N,) P(y=1) with labels (N,) 0/1, or (N, C) class probabilities with labels (N,) in [0, C)
-    (then top-label: confidence of the argmax class vs its accuracy); groups (N,) ids into group_names.
-    Marker area grows with the bin's count; the legend gives each group's ECE on these ``bins`` equal-width
-    bins (binary: of the class-1 score, unlike ``GroupStats``' top-label ECE). Returns ``path``.
+    scores (N,) P(y=1) with labels (N,) 0/1, or (N, C) class probabilities with labels (N,) in [0, C);
+    groups (N,) ids into group_names. Marker area grows with the bin's count. The legend gives each group's
+    ECE on the drawn bins (``fairtune.curves.calibration_bin``, the bins of ``GroupStats``), labelled with
+    what it measures: with (N,) scores the class-1 ECE (P(y=1) against the frequency of y = 1); with (N, C)
+    probabilities the top-label ECE (confidence of the argmax class against its accuracy), which is the
+    ``ece`` that ``GroupStats`` reports. Returns ``path``.
     """
     if bins < 1:
         raise ValueError(ERR_BINS.format(bins=bins))
     s, y, binary = _reliability_inputs(scores, labels)
     g, names = _check_groups(groups, group_names, len(s))
+    calib = torch.zeros(len(names), bins, 3, dtype=torch.float64)  # [count, sum score, sum outcome]
+    add_calibration(calib, torch.from_numpy(s), torch.from_numpy(y), torch.from_numpy(g))
+    eces = ece_from_bins(calib).tolist()
+    counts, sum_pred, sum_pos = (calib[..., k].numpy() for k in range(3))
+    kind = "class-1 ECE" if binary else "top-label ECE"
     plt = _pyplot()
     cmap = plt.get_cmap("tab10")
-    per_group = {i: calibration_bins(s[g == i], y[g == i], bins) for i in range(len(names)) if (g == i).any()}
-    largest = max(int(counts.max()) for _, _, counts in per_group.values())
+    largest = counts.max()
     fig, ax = plt.subplots(figsize=(6.2, 5.6))
     ax.plot([0, 1], [0, 1], color="lightgray", linestyle=":", label="perfect calibration")
     for i, name in enumerate(names):
-        if i not in per_group:
+        filled = counts[i] > 0
+        if not filled.any():
             ax.plot([], [], " ", label=f"{name}: no samples")
             continue
-        mean_pred, frac_pos, counts = per_group[i]
-        filled = counts > 0
+        mean_pred, frac_pos = sum_pred[i][filled] / counts[i][filled], sum_pos[i][filled] / counts[i][filled]
         color = cmap(i % 10)
-        ece = _ece(mean_pred, frac_pos, counts)
-        ax.plot(
-            mean_pred[filled],
-            frac_pos[filled],
-            color=color,
-            label=f"{name} (n={counts.sum()}, ECE {ece:.3f})",
-        )
-        ax.scatter(
-            mean_pred[filled], frac_pos[filled], s=10 + 190 * counts[filled] / largest, color=color, alpha=0.7
-        )
+        label = f"{name} (n={int(counts[i].sum())}, {kind} {fmt(eces[i])})"
+        ax.plot(mean_pred, frac_pos, color=color, label=label)
+        ax.scatter(mean_pred, frac_pos, s=10 + 190 * counts[i][filled] / largest, color=color, alpha=0.7)
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_aspect("equal")
@@ -607,16 +496,66 @@ def plot_calibration(
 
 def _reliability_inputs(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, bool]:
     """(N,) class-1 scores pass through; (N, C) probabilities become top-label confidence and correctness."""
-    probs = _as_array("scores", scores, ndim=None)
+    probs = _scores(scores, ndim=None)
     if probs.ndim == 1:
-        s, y = _check_scores_labels(probs, labels)
-        return s, y, True
+        return probs, as_binary("labels", labels, len(probs)), True
     if probs.ndim != 2 or probs.shape[1] < 2:
         raise ValueError(ERR_PROB_SHAPE.format(shape=probs.shape))
-    probs = _check_probabilities(probs)
-    y = _integer_ids("labels", _as_array("labels", labels))
-    _check_length("labels", y, probs.shape[0])
+    y = as_ids("labels", labels, probs.shape[0])
     num_classes = probs.shape[1]
     if y.min() < 0 or y.max() >= num_classes:
         raise ValueError(ERR_CLASS_RANGE.format(num_classes=num_classes, low=y.min(), high=y.max()))
     return probs.max(1), (probs.argmax(1) == y).astype(np.int64), False
+
+
+# ----- data audit --------------------------------------------------------------------------------------
+def plot_audit(audit: dict[str, Any], output_dir: str) -> list[str]:
+    """One PNG per grouping of a data audit (``fairtune.audit.audit_dataset``): group shares (with reference
+    marks) and label base rates with their Wilson intervals (binary) or label shares (multi-class)."""
+    plt = _pyplot()
+    paths = []
+    binary = audit["positive_label"] is not None
+    for name, g in audit["groupings"].items():
+        groups = list(g["groups"])
+        entries = [g["groups"][k] for k in groups]
+        height = max(2.5, 0.35 * len(groups) + 1.2)
+        fig, axes = plt.subplots(1, 2, figsize=(11, height), sharey=True)
+        ys = list(range(len(groups)))
+        axes[0].barh(ys, [e["share"] for e in entries], color=COLORS[0])
+        if "reference" in g:
+            ref = [g["reference"]["by_group"].get(k, {}).get("expected_share") for k in groups]
+            marks = [(y, r) for y, r in zip(ys, ref, strict=True) if r is not None]
+            if marks:
+                xs, y_marks = [r for _, r in marks], [y for y, _ in marks]
+                axes[0].scatter(xs, y_marks, marker="|", s=300, color="black", label="reference", zorder=3)
+                axes[0].legend(loc="lower right")
+        axes[0].set_yticks(ys, groups)
+        axes[0].invert_yaxis()  # first group on top, like the tables
+        axes[0].set_xlabel("share of rows")
+        axes[0].set_title(f"{name}: representation")
+        if binary:
+            rates = [e["base_rate"] for e in entries]
+            # max(0, .): an interval end can sit a rounding error beyond the rate at 0 or 1.
+            lo = [max(0.0, r - e["base_rate_interval"][0]) for e, r in zip(entries, rates, strict=True)]
+            hi = [max(0.0, e["base_rate_interval"][1] - r) for e, r in zip(entries, rates, strict=True)]
+            axes[1].errorbar(rates, ys, xerr=[lo, hi], fmt="o", color=COLORS[1], capsize=4)
+            overall = audit["label_counts"][1] / audit["rows"]
+            axes[1].axvline(overall, color="gray", linestyle="--", label=f"overall {fmt(overall)}")
+            axes[1].legend(loc="lower right")
+            level = int(round(audit["confidence"] * 100))
+            axes[1].set_xlabel(
+                f"base rate P(label = {audit['positive_label']}) with {level}% Wilson interval"
+            )
+        else:
+            left = [0.0] * len(groups)
+            for i, lab in enumerate(audit["labels"]):
+                part = [e["label_shares"][i] for e in entries]
+                axes[1].barh(ys, part, left=left, label=str(lab))
+                left = [a + b for a, b in zip(left, part, strict=True)]
+            axes[1].legend(loc="lower right", fontsize="small")
+            axes[1].set_xlabel("label shares")
+        axes[1].set_title(f"{name}: labels by group")
+        fig.tight_layout()
+        tag = name.replace(INTERSECTION_SEPARATOR, "_x_")
+        paths.append(_save(fig, os.path.join(output_dir, f"data_audit_{tag}.png")))
+    return paths

@@ -1,16 +1,23 @@
-"""Fairness reports: ``fairness_report.json`` and a Markdown rendering of the same numbers."""
+"""Fairness reports: ``fairness_report.json`` and a Markdown rendering of the same numbers.
+
+Both render `GroupResult`s: the JSON holds each one's ``to_dict()`` (the layout the report has always had),
+the Markdown its per-group and gap tables.
+"""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any
+
+from fairtune.curves import fmt
+from fairtune.metrics import GroupResult
 
 REPORT_JSON = "fairness_report.json"
 REPORT_MD = "fairness_report.md"
 
-# Per-group columns shown in tables, in order; a column is shown when any group has it.
+# Per-group columns shown in tables, in order; a column is shown when any group has it. Multi-class
+# results add their per-class columns (tpr_<c>, selection_rate_<c>) after these, headed by class name.
 TABLE_STATS = [
     "count",
     "base_rate",
@@ -34,66 +41,67 @@ HEADLINE_GAPS = [
 ]
 
 
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1):
-        return str(int(value))
-    return f"{value:.3f}"
-
-
-def group_table(result: dict[str, Any]) -> str:
-    """Markdown table of one grouping: one row per group plus ``overall``."""
-    rows = {**result["by_group"], "overall": result["overall"]}
+def group_table(result: GroupResult) -> str:
+    """Markdown table of one grouping: one row per group plus ``overall``; per-class columns by class name."""
+    rows = {**result.by_group, "overall": result.overall}
     stats = [s for s in TABLE_STATS if any(s in r for r in rows.values())]
-    stats += sorted({k for r in rows.values() for k in r if k.startswith("tpr_")})  # multi-class recalls
-    lines = ["| group | " + " | ".join(stats) + " |", "|---" * (len(stats) + 1) + "|"]
+    per_class = [f"{stat}_{c}" for stat in ("tpr", "selection_rate") for c in range(result.num_classes)]
+    stats += [s for s in per_class if any(s in r for r in rows.values())]
+    head = [result.stat_label(s) for s in stats]
+    lines = ["| group | " + " | ".join(head) + " |", "|---" * (len(stats) + 1) + "|"]
     for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(r.get(s)) for s in stats) + " |")
+        lines.append(f"| {name} | " + " | ".join(fmt(r.get(s)) for s in stats) + " |")
     return "\n".join(lines)
 
 
-def gap_table(result: dict[str, Any]) -> str:
+def gap_table(result: GroupResult) -> str:
     """Markdown table of a grouping's gaps with their bootstrap intervals."""
-    intervals = result.get("intervals", {})
-    level = result.get("confidence")
-    head = f"{int(round(level * 100))}% interval" if level else "interval"
+    head = f"{int(round(result.confidence * 100))}% interval"
     lines = [f"| gap | value | {head} |", "|---|---|---|"]
-    for name in [g for g in HEADLINE_GAPS if g in result["gaps"]]:
-        lo_hi = intervals.get(name)
-        ci = f"[{_fmt(lo_hi[0])}, {_fmt(lo_hi[1])}]" if lo_hi else "–"
-        lines.append(f"| {name} | {_fmt(result['gaps'][name])} | {ci} |")
+    for name in [g for g in HEADLINE_GAPS if g in result.gaps]:
+        lo_hi = result.intervals.get(name)
+        ci = f"[{fmt(lo_hi[0])}, {fmt(lo_hi[1])}]" if lo_hi else fmt(None)
+        lines.append(f"| {name} | {fmt(result.gaps[name])} | {ci} |")
     return "\n".join(lines)
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    """The whole report: one section per split (validation, test, ...) and grouping."""
+def result_section(title: str, result: GroupResult, warning_prefix: str = "> warning: ") -> list[str]:
+    """Markdown lines of one result: a heading, the group and gap tables, then its warnings."""
+    lines = [title, "", group_table(result), "", gap_table(result), ""]
+    lines += [f"{warning_prefix}{w}" for w in result.warnings]
+    return lines + ([""] if result.warnings else [])
+
+
+def render_markdown(splits: dict[str, dict[str, GroupResult]], run: dict[str, Any] | None = None) -> str:
+    """The whole report: the run facts, then one section per split (validation, test, ...) and grouping."""
     out = ["# Fairness report", ""]
-    meta = report.get("run", {})
-    if meta:
-        out += [f"- {k}: `{v}`" for k, v in meta.items()] + [""]
-    for split, groupings in report["splits"].items():
+    if run:
+        out += [f"- {k}: `{v}`" for k, v in run.items()] + [""]
+    for split, groupings in splits.items():
         for name, result in groupings.items():
-            out += [f"## {split}: {name}", "", group_table(result), "", gap_table(result), ""]
-            out += [f"> warning: {w}" for w in result.get("warnings", [])]
-            if result.get("warnings"):
-                out.append("")
+            out += result_section(f"## {split}: {name}", result)
     return "\n".join(out)
 
 
 def write_report(
-    splits: dict[str, dict[str, Any]], output_dir: str, run: dict[str, Any] | None = None
+    splits: dict[str, dict[str, GroupResult]], output_dir: str, run: dict[str, Any] | None = None
 ) -> dict:
-    """Write ``fairness_report.json`` and ``fairness_report.md`` to ``output_dir``; return the report.
+    """Write ``fairness_report.json`` and ``fairness_report.md`` to ``output_dir``; return the JSON report.
 
     Args:
-        splits: ``{split name: {grouping: GroupStats.compute() result}}``.
+        splits: ``{split name: {grouping: GroupResult}}``.
         run: a few facts about the run (model, data, method) shown at the top.
     """
-    report = {"run": run or {}, "splits": splits}
+    report = {
+        "run": run or {},
+        "splits": {
+            split: {name: result.to_dict() for name, result in groupings.items()}
+            for split, groupings in splits.items()
+        },
+    }
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, REPORT_JSON), "w") as f:
         json.dump(report, f, indent=2, allow_nan=True)
     with open(os.path.join(output_dir, REPORT_MD), "w") as f:
-        f.write(render_markdown(report))
+        f.write(render_markdown(splits, run))
     return report

@@ -30,7 +30,7 @@ from fairtune.callbacks import (
 from fairtune.config import FairTrainingArguments
 from fairtune.data.collator import FairDataCollator
 from fairtune.groups import GROUP_COLUMN_PREFIX, GroupVocabulary, check_columns, group_column, groupings_of
-from fairtune.metrics import GroupStats, flatten_metrics
+from fairtune.metrics import GroupResult, GroupStats
 from fairtune.mitigation import Mitigations, PenaltyBatch, TermLog
 from fairtune.mitigation.combined import (
     ERR_POSTPROCESS_NO_VALIDATION,
@@ -206,8 +206,8 @@ class FairTrainer(Trainer):
         self.term_log = TermLog()
         self._eval_stats: dict[str, GroupStats] | None = None
         self._eval_batches_seen = 0
-        # Last fairness results: metric prefix ("eval", "test", ...) -> grouping -> GroupStats.compute().
-        self.fairness_results: dict[str, dict[str, dict[str, Any]]] = {}
+        # Last fairness results: metric prefix ("eval", "test", ...) -> grouping -> result.
+        self.fairness_results: dict[str, dict[str, GroupResult]] = {}
         self._output_dir_checked = False
 
     @staticmethod
@@ -443,7 +443,11 @@ class FairTrainer(Trainer):
             self._eval_stats[col].update(labels, stacked[:, k], logits=logits, losses=losses)
 
     def _new_group_stats(self) -> dict[str, GroupStats]:
-        """Empty streaming statistics for every grouping, keyed by its ``group:<grouping>`` column."""
+        """Empty streaming statistics for every grouping, keyed by its ``group:<grouping>`` column.
+
+        Not sharded: every process gathers every batch (``gather_for_metrics``), so every process seeds the
+        bootstrap alike and reports the same intervals (and the same ``best_metric``).
+        """
         return {
             group_column(name): GroupStats(
                 self.num_labels,
@@ -451,22 +455,32 @@ class FairTrainer(Trainer):
                 ece_bins=self.args.ece_bins,
                 bootstrap_samples=self.args.bootstrap_samples,
                 seed=self.args.seed,
+                sharded=False,
             )
             for name, g in self.group_vocab.groupings.items()
         }
 
-    def _group_results(self, stats: dict[str, GroupStats]) -> dict[str, dict[str, Any]]:
+    def _class_names(self) -> list[str] | None:
+        """Class names from the model's ``id2label`` (tables show them instead of class ids), if any."""
+        config = getattr(self.model, "config", None)
+        id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+        if sorted(id2label) != list(range(self.num_labels)):
+            return None
+        return [id2label[c] for c in range(self.num_labels)]
+
+    def _group_results(self, stats: dict[str, GroupStats]) -> dict[str, GroupResult]:
         """``GroupStats.compute()`` of every grouping (names, small-group warnings, intervals)."""
-        results = {}
-        for name in self.group_vocab.groupings:
-            result = stats[group_column(name)].compute(
+        class_names = self._class_names()
+        return {
+            name: stats[group_column(name)].compute(
                 self.group_vocab.names(name),
+                class_names,
                 min_group_size=self.args.min_group_size,
                 confidence=self.args.confidence_level,
+                grouping=name,
             )
-            result["confidence"] = self.args.confidence_level
-            results[name] = result
-        return results
+            for name in self.group_vocab.groupings
+        }
 
     def evaluation_loop(
         self,
@@ -486,16 +500,16 @@ class FairTrainer(Trainer):
             # predict() on unlabeled data saw no labeled batch: nothing to report.
             results = self._group_results(self._eval_stats) if self._eval_batches_seen else {}
             for name, result in results.items():
-                for warning in result["warnings"]:
+                for warning in result.warnings:
                     logger.warning("[%s %s] %s", metric_key_prefix, name, warning)
-                output.metrics.update(flatten_metrics(result, f"{metric_key_prefix}_{name}"))
+                output.metrics.update(result.flat(f"{metric_key_prefix}_{name}"))
         finally:
             self._eval_stats = None
         loss_key = f"{metric_key_prefix}_loss"
         if results and loss_key in output.metrics:
             # Trainer averages per-batch means, so on several processes the padding duplicates of the last
             # batch leak into eval_loss; the per-sample sum in GroupStats excludes them exactly.
-            output.metrics[loss_key] = float(results[self.group_vocab.train_grouping]["overall"]["loss"])
+            output.metrics[loss_key] = float(results[self.group_vocab.train_grouping].overall["loss"])
         if results:
             self.fairness_results[metric_key_prefix] = results
         return output
@@ -558,7 +572,7 @@ class FairTrainer(Trainer):
         thresholds: GroupThresholds | None = None,
         seed: int | None = None,
         scored: ScoredSplit | None = None,
-    ) -> tuple[np.ndarray, dict[str, dict[str, Any]]]:
+    ) -> tuple[np.ndarray, dict[str, GroupResult]]:
         """Decisions (N,) of the model under fitted group thresholds, for ``dataset`` or for predictions
         already ``scored``, and their fairness results per grouping (as in ``fairness_results``) when the
         data has labels."""

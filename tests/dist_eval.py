@@ -3,6 +3,9 @@
 Run as ``python tests/dist_eval.py OUT.json`` (one process) or
 ``torchrun --nproc_per_node 2 tests/dist_eval.py OUT.json`` (two gloo ranks on CPU); tests/test_distributed.py
 compares the two. Same model weights, same data, same group vocabulary in every run.
+
+``tests/dist_eval.py OUT.json BOOTSTRAP`` evaluates with BOOTSTRAP replicates and has every rank write its own
+metrics to ``OUT.rank<r>.json``; tests/test_metrics.py checks that every rank reports the same intervals.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ EVAL_ROWS = 101  # not divisible by 2 processes x batch 8: the distributed sampl
 EVAL_BATCH_SIZE = 8
 
 
-def main(out_path: str) -> None:
+def main(out_path: str, bootstrap_samples: int = 0) -> None:
     out = Path(out_path).resolve()
     torch.manual_seed(0)
     model = MLP()
@@ -36,7 +39,7 @@ def main(out_path: str) -> None:
         group_by="sex",
         eval_group_by=["race", "sex+race"],
         per_device_eval_batch_size=EVAL_BATCH_SIZE,
-        bootstrap_samples=0,
+        bootstrap_samples=bootstrap_samples,
         report_to="none",
         save_strategy="no",
         disable_tqdm=True,
@@ -49,14 +52,17 @@ def main(out_path: str) -> None:
         train_dataset=biased_tabular(n=60),  # fixes the group vocabulary, identically in every run
     )
     metrics = trainer.evaluate(biased_tabular(n=EVAL_ROWS, seed=3, groups=("F", "M", "X")))
-    if trainer.accelerator.is_main_process:
-        result = {"world_size": trainer.accelerator.num_processes, "metrics": metrics}
+    result = {"world_size": trainer.accelerator.num_processes, "metrics": metrics}
+    if bootstrap_samples:
+        rank = trainer.accelerator.process_index
+        out.with_suffix(f".rank{rank}.json").write_text(json.dumps(result, indent=1, sort_keys=True))
+    elif trainer.accelerator.is_main_process:
         out.write_text(json.dumps(result, indent=1, sort_keys=True))
     shutdown_distributed()
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(f"usage: {sys.argv[0]} OUT.json")
+    if len(sys.argv) not in (2, 3):
+        sys.exit(f"usage: {sys.argv[0]} OUT.json [BOOTSTRAP_SAMPLES]")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) == 3 else 0)

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import WORDS, fair_args, text_dataset, tiny_bert
 
-from fairtune import FairTrainer
-from fairtune.evaluation import ERR_GATE_METRIC, ERR_GATE_SPEC, check_gate, parse_gate
+from fairtune import FairTrainer, cli
+from fairtune import evaluation as ev
+from fairtune.evaluation import ERR_GATE_METRIC, ERR_GATE_SPEC, check_gate, gate_names, parse_gate
+from fairtune.metrics import GroupResult
 from fairtune.model_card import FALLBACK_FILE, MARKER, write_model_card
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,13 +39,21 @@ def saved_model(tmp_path_factory):
     return tmp
 
 
+def _evaluate_args(tmp: Path, *extra: str) -> list[str]:
+    args = ["--model", str(tmp / "model"), "--train_file", str(tmp / "train.csv")]
+    args += ["--test_file", str(tmp / "test.csv"), "--group_by", "sex", "--bootstrap_samples", "50"]
+    return [*args, *extra]
+
+
 def _evaluate(tmp: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "fairtune.cli", "evaluate", "--model", str(tmp / "model")]
-    cmd += ["--train_file", str(tmp / "train.csv"), "--test_file", str(tmp / "test.csv")]
-    cmd += ["--group_by", "sex", "--output_dir", str(tmp / "unused"), "--bootstrap_samples", "50", *extra]
+    cmd = [sys.executable, "-m", "fairtune.cli", "evaluate", *_evaluate_args(tmp, *extra)]
     return subprocess.run(
         cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
     )
+
+
+def _result(grouping: str, gaps: dict[str, float], accuracy: float = 0.9, classes: int = 2) -> GroupResult:
+    return GroupResult(grouping, classes, [str(c) for c in range(classes)], {"accuracy": accuracy}, {}, gaps)
 
 
 def test_gate_parsing_and_checks():
@@ -56,11 +66,8 @@ def test_gate_parsing_and_checks():
         with pytest.raises(ValueError, match=ERR_GATE_SPEC.split("{")[0]):
             parse_gate([bad], "max")
     results = {
-        "sex": {
-            "gaps": {"demographic_parity_difference": 0.2, "worst_group_accuracy": 0.8},
-            "overall": {"accuracy": 0.9},
-        },
-        "race": {"gaps": {"demographic_parity_difference": float("nan")}, "overall": {"accuracy": 0.9}},
+        "sex": _result("sex", {"demographic_parity_difference": 0.2, "worst_group_accuracy": 0.8}),
+        "race": _result("race", {"demographic_parity_difference": float("nan")}),
     }
     checks = check_gate(
         results,
@@ -81,12 +88,20 @@ def test_gate_parsing_and_checks():
 
 
 def test_evaluate_writes_report_and_plots_and_gate_exit_codes(saved_model):
+    out = saved_model / "audit_out"
     run = _evaluate(
-        saved_model, "--max", "demographic_parity_difference=1.0", "--compare", str(saved_model / "model")
+        saved_model,
+        "--max",
+        "demographic_parity_difference=1.0",
+        "--compare",
+        str(saved_model / "model"),
+        "--output_dir",
+        str(out),
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "fairness gate passed" in run.stdout and "== test: sex ==" in run.stdout
-    out = saved_model / "model" / "model_audit"
+    # --output_dir is honoured: nothing goes into the model's own folder.
+    assert not (saved_model / "model" / "model_audit").exists()
     for name in ("fairness_report.json", "fairness_report.md", "model_audit.json", "comparison.md"):
         assert (out / name).stat().st_size > 0, name
     for kind in ("rates", "roc", "calibration", "scores", "comparison"):
@@ -118,3 +133,53 @@ def test_model_card_never_overwrites_a_users_readme(tmp_path):
     first = write_model_card(str(other), f"v1\n{MARKER}\n")
     second = write_model_card(str(other), f"v2\n{MARKER}\n")
     assert first == second and Path(second).name == "README.md" and Path(second).read_text().startswith("v2")
+
+
+def test_gate_names_are_known_before_evaluating():
+    binary = gate_names(["sex", "race"], "sex", 2)
+    assert {"demographic_parity_difference", "overall_accuracy", "race/equalized_odds_ratio"} <= set(binary)
+    assert "race/overall_tpr" in binary and "overall_tpr_0" not in binary
+    multi = gate_names(["sex"], "sex", 3)
+    assert "demographic_parity_difference" in multi and "overall_selection_rate_2" in multi
+    assert "equalized_odds_difference" not in multi  # binary-only gaps
+
+
+def test_refused_evaluate_evaluates_and_writes_nothing(saved_model, tmp_path, monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a refused run must not evaluate a model")
+
+    monkeypatch.setattr(ev, "evaluate_model", must_not_run)
+    out = tmp_path / "audit"
+    for extra, message in [
+        (("--max", "dp_difference=0.1"), "Valid names:"),
+        (("--min", "race/worst_group_accuracy=0.5"), "Valid names:"),  # the model has no race grouping
+        (("--max", "demographic_parity_ratio=0.1", "--compare", str(tmp_path)), "not a folder with a saved"),
+        (("--learning_rate", "3e-5"), "does not use --learning_rate"),
+        (("--audit_dir", str(out)), "does not use --audit_dir"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.evaluate_main(_evaluate_args(saved_model, "--output_dir", str(out), *extra))
+        assert message in str(exit_info.value), extra
+        assert not out.exists()
+
+
+def test_compare_table_skips_absent_gaps_and_marks_undefined():
+    a = ev.ModelEvaluation("test", "a", {}, {}, None, None, {}, {}, "g")
+    b = ev.ModelEvaluation("test", "b", {}, {}, None, None, {}, {}, "g")
+    a.results["g"] = _result("g", {"demographic_parity_difference": 0.2, "tpr_gap_rms": float("nan")}, 0.8, 3)
+    b.results["g"] = _result("g", {"demographic_parity_difference": 0.1, "tpr_gap_rms": 0.3}, 0.7, 3)
+    text = ev.compare_markdown(a, b, ("a", "b"))
+    assert "nan" not in text and "equalized_odds_difference" not in text
+    assert "| demographic_parity_difference | 0.200 | 0.100 | -0.100 |" in text
+    assert "| tpr_gap_rms | – | 0.300 | – |" in text
+
+
+def test_multiclass_tables_show_class_names_and_dp():
+    from fairtune.functional import metric_frame
+    from fairtune.report import gap_table, group_table
+
+    result = metric_frame([0, 1, 2, 2, 1, 0], [0, 2, 2, 1, 1, 0], sensitive_features=list("aabbab"))
+    named = GroupResult.from_dict(result.to_dict(), grouping="g", class_names=["cat", "dog", "eel"])
+    table = group_table(named)
+    assert "tpr[dog]" in table and "selection_rate[eel]" in table and "tpr_1" not in table
+    assert "| demographic_parity_difference |" in gap_table(named)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -11,34 +12,38 @@ import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from fairtune.metrics import GroupStats
-from fairtune.plots import (
+from fairtune.curves import (
     ERR_BINS,
-    ERR_CLASS_RANGE,
-    ERR_CONFIDENCE,
     ERR_DUPLICATE_NAME,
-    ERR_EMPTY,
-    ERR_GROUP_RANGE,
+    ERR_GROUP_NAMES,
     ERR_LENGTH,
-    ERR_NAMES,
-    ERR_NO_GROUPS,
+    ERR_NEGATIVE_GROUP,
     ERR_NOT_1D,
     ERR_NOT_BINARY,
     ERR_NOT_INTEGER,
     ERR_ONE_CLASS,
-    ERR_PROB_SHAPE,
-    ERR_RESULT,
-    ERR_SCORE_RANGE,
-    ERR_UNKNOWN_GAP,
-    _roc_by_group,
+    ERR_PROB_NAN,
+    ERR_PROB_RANGE,
     auc,
     calibration_bins,
+    roc_curve,
+)
+from fairtune.metrics import GroupResult, GroupStats
+from fairtune.plots import (
+    ERR_CLASS_RANGE,
+    ERR_CONFIDENCE,
+    ERR_EMPTY,
+    ERR_NAMES,
+    ERR_NO_GROUPS,
+    ERR_PROB_SHAPE,
+    ERR_RESULT,
+    ERR_UNKNOWN_GAP,
+    _roc_by_group,
     plot_calibration,
     plot_comparison,
     plot_group_rates,
     plot_roc,
     plot_score_distributions,
-    roc_curve,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -55,7 +60,7 @@ def _data(n: int, num_groups: int, seed: int = 0, no_positives: int | None = Non
     return scores, labels, groups
 
 
-def _result(scores, labels, groups, names, bootstrap: int = 20) -> dict:
+def _result(scores, labels, groups, names, bootstrap: int = 20) -> GroupResult:
     p = torch.as_tensor(scores, dtype=torch.float64).clamp(1e-6, 1 - 1e-6)
     stats = GroupStats(2, bootstrap_samples=bootstrap)
     stats.update(
@@ -120,8 +125,8 @@ def test_every_plot_writes_a_png(tmp_path, num_groups):
     result = _result(scores, labels, groups, names)
     other = _result(np.clip(scores + 0.05, 0, 1), labels, groups, names)
     if no_positives is not None:
-        assert math.isnan(result["by_group"]["X"]["tpr"])
-        del result["by_group"]["X"]["fpr"]  # a missing stat is skipped like a NaN one
+        assert math.isnan(result.by_group["X"]["tpr"])
+        del result.by_group["X"]["fpr"]  # a missing stat is skipped like a NaN one
         assert _roc_by_group(scores, labels, groups, names)["X"] == "no positives"
     paths = [
         plot_group_rates(result, str(tmp_path / "rates.png"), title="test"),
@@ -156,12 +161,12 @@ def test_multiclass_plots(tmp_path):
     [
         pytest.param({"scores": np.ones((4, 2))}, ERR_NOT_1D, id="scores_2d"),
         pytest.param({"scores": np.array([])}, ERR_EMPTY, id="empty"),
-        pytest.param({"scores": np.array([0.1, 0.2, 1.5, 0.3])}, ERR_SCORE_RANGE, id="score_above_1"),
-        pytest.param({"scores": np.array([0.1, 0.2, math.nan, 0.3])}, ERR_SCORE_RANGE, id="score_nan"),
+        pytest.param({"scores": np.array([0.1, 0.2, 1.5, 0.3])}, ERR_PROB_RANGE, id="score_above_1"),
+        pytest.param({"scores": np.array([0.1, 0.2, math.nan, 0.3])}, ERR_PROB_NAN, id="score_nan"),
         pytest.param({"labels": np.array([0, 1, 1])}, ERR_LENGTH, id="length"),
         pytest.param({"labels": np.array([0, 1, 2, 1])}, ERR_NOT_BINARY, id="label_2"),
-        pytest.param({"groups": np.array([0, 1, 2, 1])}, ERR_GROUP_RANGE, id="group_too_large"),
-        pytest.param({"groups": np.array([0, -1, 1, 1])}, ERR_GROUP_RANGE, id="group_negative"),
+        pytest.param({"groups": np.array([0, 1, 2, 1])}, ERR_GROUP_NAMES, id="group_too_large"),
+        pytest.param({"groups": np.array([0, -1, 1, 1])}, ERR_NEGATIVE_GROUP, id="group_negative"),
         pytest.param({"groups": np.array([0, 0.5, 1, 1])}, ERR_NOT_INTEGER, id="group_fractional"),
         pytest.param({"group_names": ["A", "A"]}, ERR_DUPLICATE_NAME, id="duplicate_name"),
     ],
@@ -200,7 +205,7 @@ def test_bad_options_and_results_are_rejected(tmp_path):
     with pytest.raises(ValueError, match=_message(ERR_RESULT)):
         plot_group_rates({"gaps": {}}, path)
     with pytest.raises(ValueError, match=_message(ERR_NO_GROUPS)):
-        plot_group_rates({**result, "by_group": {}}, path)
+        plot_group_rates(dataclasses.replace(result, by_group={}), path)
     with pytest.raises(ValueError, match=_message(ERR_NAMES)):
         plot_comparison(result, result, path, names=("only one",))
     with pytest.raises(ValueError, match=_message(ERR_UNKNOWN_GAP)):

@@ -16,7 +16,8 @@ import torch
 from fairlearn.postprocessing import ThresholdOptimizer
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from fairtune import metrics as fm
+from fairtune import curves
+from fairtune import functional as ff
 from fairtune.mitigation import postprocess as pp
 from fairtune.mitigation.postprocess import OBJECTIVES, THRESHOLDS_FILE, GroupThresholds
 
@@ -27,9 +28,9 @@ MEANS = (-0.7, 0.4, 0.9)
 OFFSETS = (-0.6, 0.4, 0.1)
 
 GAPS: dict[str, Callable[..., float]] = {
-    "demographic_parity": fm.demographic_parity_difference,
-    "equal_opportunity": fm.equal_opportunity_difference,
-    "equalized_odds": fm.equalized_odds_difference,
+    "demographic_parity": ff.demographic_parity_difference,
+    "equal_opportunity": ff.equal_opportunity_difference,
+    "equalized_odds": ff.equalized_odds_difference,
 }
 FAIRLEARN_CONSTRAINTS = {
     "demographic_parity": "demographic_parity",
@@ -311,21 +312,28 @@ DP, EOP, EOD = OBJECTIVES
 FIT_ERRORS = [
     # (objective, scores, labels, groups, group_names, message)
     (DP, [], [], [], None, pp.ERR_EMPTY),
-    (DP, S, Y[:5], G, None, pp.ERR_LENGTH.format(name="labels", got=5, expected=6)),
-    (DP, S, Y, G + [1], None, pp.ERR_LENGTH.format(name="groups", got=7, expected=6)),
-    (DP, [S], [Y], [G], None, pp.ERR_NOT_1D.format(name="scores", shape=(1, 6))),
-    (DP, S, [0, 1, 2, 0, 1, 0], G, None, pp.ERR_LABELS.format(values=[0, 1, 2])),
-    (DP, S, [0, 1, -1, 0, 1, 0], G, None, pp.ERR_LABELS.format(values=[-1, 0, 1])),
-    (DP, [0.1, 1.2, 0.8, 0.3, 0.7, -0.1], Y, G, None, pp.ERR_SCORES_RANGE.format(low=-0.1, high=1.2)),
-    (DP, [0.1, np.nan, 0.8, 0.3, 0.7, 0.2], Y, G, None, pp.ERR_SCORES_NAN.format(count=1)),
-    (DP, S, Y, [0, 0, 0, 0.5, 1, 1], None, pp.ERR_GROUPS_INTEGER.format(dtype="float64")),
-    (DP, S, Y, [0, 0, 0, -1, 1, 1], None, pp.ERR_GROUPS_NEGATIVE.format(low=-1)),
+    (DP, S, Y[:5], G, None, curves.ERR_LENGTH.format(name="labels", got=5, expected=6)),
+    (DP, S, Y, G + [1], None, curves.ERR_LENGTH.format(name="groups", got=7, expected=6)),
+    (DP, [S], [Y], [G], None, curves.ERR_NOT_1D.format(name="scores", shape=(1, 6))),
+    (DP, S, [0, 1, 2, 0, 1, 0], G, None, curves.ERR_NOT_BINARY.format(name="labels", values=[0, 1, 2])),
+    (DP, S, [0, 1, -1, 0, 1, 0], G, None, curves.ERR_NOT_BINARY.format(name="labels", values=[-1, 0, 1])),
+    (
+        DP,
+        [0.1, 1.2, 0.8, 0.3, 0.7, -0.1],
+        Y,
+        G,
+        None,
+        curves.ERR_PROB_RANGE.format(name="scores", low=-0.1, high=1.2),
+    ),
+    (DP, [0.1, np.nan, 0.8, 0.3, 0.7, 0.2], Y, G, None, curves.ERR_PROB_NAN.format(name="scores", count=1)),
+    (DP, S, Y, [0, 0, 0, 0.5, 1, 1], None, curves.ERR_NOT_INTEGER.format(name="groups", dtype="float64")),
+    (DP, S, Y, [0, 0, 0, -1, 1, 1], None, curves.ERR_NEGATIVE_GROUP.format(low=-1)),
     (DP, S, Y, [0] * 6, None, pp.ERR_FEW_GROUPS.format(num_groups=1)),
     (DP, S, Y, [0, 0, 0, 2, 2, 2], None, pp.ERR_EMPTY_GROUP.format(name="1", group=1, last=2)),
     (DP, S, Y, [0, 0, 0, 2, 2, 2], ["a", "b", "c"], pp.ERR_EMPTY_GROUP.format(name="b", group=1, last=2)),
     (DP, S, Y, G, ["a", "b", "c"], pp.ERR_EMPTY_GROUP.format(name="c", group=2, last=2)),
-    (DP, S, Y, [0, 0, 0, 1, 1, 2], ["a", "b"], pp.ERR_GROUP_NAMES.format(got=2, high=2)),
-    (DP, S, Y, G, ["a", "a"], pp.ERR_DUPLICATE_NAME.format(name="a", first=0, second=1)),
+    (DP, S, Y, [0, 0, 0, 1, 1, 2], ["a", "b"], curves.ERR_GROUP_NAMES.format(got=2, high=2)),
+    (DP, S, Y, G, ["a", "a"], curves.ERR_DUPLICATE_NAME.format(name="a", first=0, second=1)),
     (EOP, S, [0, 0, 0, 0, 1, 0], G, ["F", "M"], pp.ERR_NO_POSITIVES.format(name="F", group=0, objective=EOP)),
     (EOD, S, [0, 0, 0, 0, 1, 0], G, None, pp.ERR_NO_POSITIVES.format(name="0", group=0, objective=EOD)),
     (EOD, S, [0, 1, 1, 1, 1, 1], G, ["F", "M"], pp.ERR_NO_NEGATIVES.format(name="M", group=1, objective=EOD)),
@@ -360,9 +368,13 @@ def test_not_fitted_errors(tmp_path):
 
 def test_predict_input_errors():
     gt = GroupThresholds("demographic_parity").fit(S, Y, G)
-    with pytest.raises(ValueError, match=re.escape(pp.ERR_LENGTH.format(name="groups", got=5, expected=6))):
+    with pytest.raises(
+        ValueError, match=re.escape(curves.ERR_LENGTH.format(name="groups", got=5, expected=6))
+    ):
         gt.predict(S, G[:5])
-    with pytest.raises(ValueError, match=re.escape(pp.ERR_SCORES_RANGE.format(low=0.1, high=1.5))):
+    with pytest.raises(
+        ValueError, match=re.escape(curves.ERR_PROB_RANGE.format(name="scores", low=0.1, high=1.5))
+    ):
         gt.predict([0.1, 1.5], [0, 1])
-    with pytest.raises(ValueError, match=re.escape(pp.ERR_GROUPS_NEGATIVE.format(low=-2))):
+    with pytest.raises(ValueError, match=re.escape(curves.ERR_NEGATIVE_GROUP.format(low=-2))):
         gt.positive_probability([0.1, 0.5], [0, -2])

@@ -30,8 +30,16 @@ from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 import numpy as np
-import torch
 
+from fairtune.curves import (
+    as_binary,
+    as_ids,
+    as_probabilities,
+    check_1d,
+    check_named,
+    roc_counts,
+    unique_names,
+)
 from fairtune.mitigation.registry import register
 
 __all__ = ["OBJECTIVES", "THRESHOLDS_FILE", "GroupThresholds"]
@@ -45,16 +53,7 @@ FORMAT_VERSION = 1
 
 ERR_OBJECTIVE = "objective must be one of {choices}, got {objective!r}"
 ERR_GRID_SIZE = "grid_size must be an integer >= 2, got {grid_size!r}"
-ERR_NOT_1D = "{name} must have shape (N,), got {shape}"
 ERR_EMPTY = "cannot fit GroupThresholds on empty input (scores has 0 entries)"
-ERR_LENGTH = "{name} has {got} entries, expected {expected} (one per score)"
-ERR_LABELS = "labels must be binary 0/1, got values {values}"
-ERR_SCORES_NAN = "scores must not be NaN, got {count} NaN value(s)"
-ERR_SCORES_RANGE = "scores must be probabilities of class 1 in [0, 1], got values in [{low}, {high}]"
-ERR_GROUPS_INTEGER = "groups must hold integer group ids, got dtype {dtype}"
-ERR_GROUPS_NEGATIVE = "group ids must be >= 0, got {low}"
-ERR_GROUP_NAMES = "group_names has {got} entries but groups holds ids up to {high}: name every id"
-ERR_DUPLICATE_NAME = "group name {name!r} is used by group ids {first} and {second}"
 ERR_FEW_GROUPS = "need at least 2 groups to equalise rates across, got {num_groups}"
 ERR_EMPTY_GROUP = "group {name!r} (id {group}) has no samples; group ids must cover 0..{last}"
 ERR_NO_POSITIVES = (
@@ -145,19 +144,13 @@ class GroupThresholds:
         samples; group_names[g] names id g in messages and in summary() (default str(g)).
         """
         scores, labels, groups = self._check_fit_inputs(scores, labels, groups)
-        num_groups = int(groups.max()) + 1
-        if group_names is not None:
-            if len(group_names) < num_groups:
-                raise ValueError(ERR_GROUP_NAMES.format(got=len(group_names), high=num_groups - 1))
-            num_groups = len(group_names)
-        names = [str(g) for g in range(num_groups)] if group_names is None else [str(n) for n in group_names]
+        if group_names is None:
+            group_names = range(int(groups.max()) + 1)
+        names = unique_names(group_names)
+        check_named(groups, len(names))
+        num_groups = len(names)
         if num_groups < 2:
             raise ValueError(ERR_FEW_GROUPS.format(num_groups=num_groups))
-        owner: dict[str, int] = {}
-        for g, name in enumerate(names):
-            if name in owner:
-                raise ValueError(ERR_DUPLICATE_NAME.format(name=name, first=owner[name], second=g))
-            owner[name] = g
         counts = np.bincount(groups, minlength=num_groups)
         positives = np.bincount(groups, weights=labels, minlength=num_groups).astype(np.int64)
         for g in range(num_groups):
@@ -283,25 +276,20 @@ class GroupThresholds:
         self, scores: ArrayLike, labels: ArrayLike, groups: ArrayLike
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Validated scores (N,) float64, labels (N,) int64, groups (N,) int64, N >= 1."""
-        scores = _as_1d("scores", scores)
-        labels = _as_1d("labels", labels)
-        groups = _as_1d("groups", groups)
+        scores = _scores(scores)
         if scores.shape[0] == 0:
             raise ValueError(ERR_EMPTY)
-        for name, values in (("labels", labels), ("groups", groups)):
-            if values.shape[0] != scores.shape[0]:
-                raise ValueError(ERR_LENGTH.format(name=name, got=values.shape[0], expected=scores.shape[0]))
-        unique = np.unique(labels)
-        if unique.dtype.kind not in "biuf" or not np.isin(unique, [0, 1]).all():
-            raise ValueError(ERR_LABELS.format(values=unique.tolist()))
-        return _check_scores(scores), labels.astype(np.int64), _check_groups(groups)
+        labels = as_binary("labels", labels, scores.shape[0])
+        groups = as_ids("groups", groups, scores.shape[0])
+        check_named(groups, int(groups.max()) + 1)  # ids >= 0; their names are checked by fit()
+        return scores, labels, groups
 
     def _check_predict_inputs(self, scores: ArrayLike, groups: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-        scores = _as_1d("scores", scores)
-        groups = _as_1d("groups", groups)
-        if groups.shape[0] != scores.shape[0]:
-            raise ValueError(ERR_LENGTH.format(name="groups", got=groups.shape[0], expected=scores.shape[0]))
-        return _check_scores(scores), _check_groups(groups)
+        scores = _scores(scores)
+        groups = as_ids("groups", groups, scores.shape[0])
+        if groups.size:
+            check_named(groups, int(groups.max()) + 1)  # ids >= 0; unseen ids get the plain rule
+        return scores, groups
 
     def _record_stats(self, scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> None:
         """Per-group expected rates and overall accuracies on the fitting data, for summary()."""
@@ -340,14 +328,8 @@ class _Path:
 
 
 def _rule_path(scores: np.ndarray, labels: np.ndarray) -> _Path:
-    """Rules of one group from its scores (n,) and labels (n,)."""
-    distinct, inverse = np.unique(scores, return_inverse=True)  # ascending
-    inverse = inverse.reshape(-1)
-    pos = np.bincount(inverse, weights=labels, minlength=distinct.shape[0]).astype(np.int64)[::-1]
-    tot = np.bincount(inverse, minlength=distinct.shape[0]).astype(np.int64)[::-1]
-    tp = np.concatenate([[0], np.cumsum(pos)])
-    fp = np.concatenate([[0], np.cumsum(tot - pos)])
-    thresholds = np.concatenate([[np.inf], distinct[::-1]])
+    """Rules of one group from its scores (n,) and labels (n,): the group's ROC points."""
+    thresholds, tp, fp = roc_counts(scores, labels)
     thresholds[-1] = 0.0
     return _Path(thresholds, tp, fp)
 
@@ -457,41 +439,11 @@ def _fit_equalized_odds(paths: list[_Path], grid: np.ndarray) -> tuple[np.ndarra
 # helpers -----------------------------------------------------------------------------------------------
 
 
-def _as_1d(name: str, values: ArrayLike) -> np.ndarray:
-    """numpy array, torch tensor, pandas Series or list -> (N,) numpy array."""
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu()
-        # bfloat16 has no numpy dtype; float64 keeps every lower precision exactly.
-        values = (values.double() if values.is_floating_point() else values).numpy()
-    elif hasattr(values, "to_numpy"):  # pandas, without importing it
-        values = values.to_numpy()
-    array = np.asarray(values)
-    if array.ndim != 1:
-        raise ValueError(ERR_NOT_1D.format(name=name, shape=array.shape))
-    return array
-
-
-def _check_scores(scores: np.ndarray) -> np.ndarray:
-    scores = scores.astype(np.float64)
-    nan = int(np.isnan(scores).sum())
-    if nan:
-        raise ValueError(ERR_SCORES_NAN.format(count=nan))
-    if scores.size and (scores.min() < 0.0 or scores.max() > 1.0):
-        raise ValueError(ERR_SCORES_RANGE.format(low=float(scores.min()), high=float(scores.max())))
+def _scores(values: ArrayLike) -> np.ndarray:
+    """(N,) positive-class probabilities -> float64."""
+    scores = as_probabilities("scores", values)
+    check_1d("scores", scores)
     return scores
-
-
-def _check_groups(groups: np.ndarray) -> np.ndarray:
-    # Integral floats (e.g. ids that went through a float tensor) are accepted, as in fairtune.metrics;
-    # finiteness first, since np.mod(inf, 1) warns.
-    if groups.dtype.kind == "f" and np.isfinite(groups).all() and (np.mod(groups, 1) == 0).all():
-        groups = groups.astype(np.int64)
-    if groups.dtype.kind not in "biu":
-        raise ValueError(ERR_GROUPS_INTEGER.format(dtype=groups.dtype))
-    groups = groups.astype(np.int64)
-    if groups.size and groups.min() < 0:
-        raise ValueError(ERR_GROUPS_NEGATIVE.format(low=int(groups.min())))
-    return groups
 
 
 def _mean_or_none(values: np.ndarray) -> float | None:

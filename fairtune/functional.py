@@ -1,0 +1,168 @@
+"""fairlearn-style fairness metrics over plain arrays, computed through `GroupStats`.
+
+``demographic_parity_difference(y_true, y_pred, sensitive_features=...)`` and its siblings take numpy arrays,
+torch tensors, pandas Series / DataFrames or lists, and return what fairlearn's function of the same name
+returns on well-defined data (the tests compare with fairlearn's ``MetricFrame``); `metric_frame` returns
+the whole `GroupResult`. Where the numbers deliberately differ from fairlearn (undefined rates are NaN and
+left out of the gaps), see `fairtune.metrics`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import numpy as np
+import torch
+
+from fairtune.curves import as_binary, as_ids, as_probabilities, to_numpy
+from fairtune.metrics import ERR_CLASS_RANGE, GroupResult, GroupStats
+
+__all__ = [
+    "accuracy_difference",
+    "demographic_parity_difference",
+    "demographic_parity_ratio",
+    "equal_opportunity_difference",
+    "equalized_odds_difference",
+    "equalized_odds_ratio",
+    "metric_frame",
+    "tpr_gap_rms",
+    "worst_group_accuracy",
+]
+
+# numpy array, torch tensor, pandas Series/DataFrame or (nested) list.
+ArrayLike: TypeAlias = Any
+
+ERR_AGG = "agg must be one of {choices}, got {agg!r}"
+ERR_SENSITIVE_SHAPE = "sensitive_features must have shape (N,) or (N, K), got {shape}"
+ERR_PROB_SHAPE = "y_prob must have shape (N,) or (N, C) with C >= 2 and N = {num_samples}, got {shape}"
+
+AGG_CHOICES = ("worst_case", "mean")
+
+
+def demographic_parity_difference(
+    y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike
+) -> float:
+    """Max - min selection rate across groups (binary labels)."""
+    return _binary_gap("demographic_parity_difference", y_true, y_pred, sensitive_features)
+
+
+def demographic_parity_ratio(y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike) -> float:
+    """Min / max selection rate across groups (binary labels); NaN when every rate is 0."""
+    return _binary_gap("demographic_parity_ratio", y_true, y_pred, sensitive_features)
+
+
+def equalized_odds_difference(
+    y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike, agg: str = "worst_case"
+) -> float:
+    """Larger ("worst_case") or mean ("mean") of the TPR and FPR differences across groups (binary labels)."""
+    gap = "equalized_odds_difference" + _agg_suffix(agg)
+    return _binary_gap(gap, y_true, y_pred, sensitive_features)
+
+
+def equalized_odds_ratio(
+    y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike, agg: str = "worst_case"
+) -> float:
+    """Smaller ("worst_case") or mean ("mean") of the TPR and FPR min/max ratios across groups (binary)."""
+    gap = "equalized_odds_ratio" + _agg_suffix(agg)
+    return _binary_gap(gap, y_true, y_pred, sensitive_features)
+
+
+def equal_opportunity_difference(
+    y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike
+) -> float:
+    """Max - min true positive rate across groups (binary labels)."""
+    return _binary_gap("equal_opportunity_difference", y_true, y_pred, sensitive_features)
+
+
+def accuracy_difference(y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike) -> float:
+    """Max - min accuracy across groups (any number of classes)."""
+    return metric_frame(y_true, y_pred, sensitive_features=sensitive_features).gaps["accuracy_difference"]
+
+
+def worst_group_accuracy(y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike) -> float:
+    """Lowest accuracy of any group (any number of classes)."""
+    return metric_frame(y_true, y_pred, sensitive_features=sensitive_features).gaps["worst_group_accuracy"]
+
+
+def tpr_gap_rms(y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike) -> float:
+    """Root mean square over classes of the across-group recall spread (any number of classes)."""
+    return metric_frame(y_true, y_pred, sensitive_features=sensitive_features).gaps["tpr_gap_rms"]
+
+
+def metric_frame(
+    y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike, y_prob: ArrayLike | None = None
+) -> GroupResult:
+    """`GroupStats.compute` result for arrays.
+
+    y_true, y_pred (N,) integer class ids; sensitive_features (N,) or (N, K) hashable values (K columns are
+    intersected, names joined with ","; groups in sorted order); y_prob (N,) probability of class 1 or
+    (N, C) class probabilities, enables the ECE (with the confidence of the predicted class y_pred).
+    C is y_prob's width, else max(2, largest label + 1).
+    """
+    labels = as_ids("y_true", y_true)
+    num_samples = labels.shape[0]
+    preds = as_ids("y_pred", y_pred, num_samples)
+    groups, names = _encode_groups(sensitive_features, num_samples)
+    probs = None if y_prob is None else _probabilities(y_prob, num_samples)
+    if probs is not None:
+        num_classes = probs.shape[1]
+    else:
+        num_classes = max(2, int(max(labels.max(), preds.max())) + 1) if num_samples else 2
+    stats = GroupStats(num_classes, len(names))
+    confidence = None
+    if probs is not None and num_samples:
+        # Range-check before indexing, which would fail with a less helpful error on an out-of-range pred.
+        low, high = int(preds.min()), int(preds.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                ERR_CLASS_RANGE.format(name="preds", num_classes=num_classes, low=low, high=high)
+            )
+        confidence = torch.from_numpy(probs[np.arange(num_samples), preds])
+    stats.update(
+        torch.from_numpy(labels),
+        torch.from_numpy(groups),
+        preds=torch.from_numpy(preds),
+        confidence=confidence,
+    )
+    return stats.compute(names)
+
+
+# helpers -----------------------------------------------------------------------------------------------
+
+
+def _agg_suffix(agg: str) -> str:
+    if agg not in AGG_CHOICES:
+        raise ValueError(ERR_AGG.format(choices=", ".join(repr(c) for c in AGG_CHOICES), agg=agg))
+    return "" if agg == "worst_case" else "_mean"
+
+
+def _binary_gap(gap: str, y_true: ArrayLike, y_pred: ArrayLike, sensitive_features: ArrayLike) -> float:
+    labels = as_binary("y_true", y_true)
+    preds = as_binary("y_pred", y_pred, labels.shape[0])
+    # C == 2 is forced even when one array holds a single class, so the binary gaps always exist.
+    return metric_frame(labels, preds, sensitive_features=sensitive_features).gaps[gap]
+
+
+def _encode_groups(sensitive_features: ArrayLike, num_samples: int) -> tuple[np.ndarray, list[str]]:
+    """(N,) or (N, K) hashable values -> group ids (N,) int64 and names, in sorted order like fairlearn."""
+    values = to_numpy(sensitive_features)
+    if values.ndim == 1:
+        values = values[:, None]
+    if values.ndim != 2 or values.shape[0] != num_samples:
+        raise ValueError(ERR_SENSITIVE_SHAPE.format(shape=values.shape))
+    # Encode column by column (np.unique cannot sort object rows), then intersect the integer codes.
+    columns = [np.unique(values[:, k], return_inverse=True) for k in range(values.shape[1])]
+    codes = np.stack([inverse.reshape(-1) for _, inverse in columns], 1)
+    keys, ids = np.unique(codes, axis=0, return_inverse=True)
+    names = [",".join(str(columns[k][0][code]) for k, code in enumerate(key)) for key in keys]
+    return ids.reshape(-1).astype(np.int64), names
+
+
+def _probabilities(y_prob: ArrayLike, num_samples: int) -> np.ndarray:
+    """(N,) probability of class 1 or (N, C) probabilities -> (N, C) float64."""
+    probs = to_numpy(y_prob)
+    if probs.ndim == 1:
+        probs = np.stack([1.0 - probs, probs], 1)
+    if probs.ndim != 2 or probs.shape[0] != num_samples or probs.shape[1] < 2:
+        raise ValueError(ERR_PROB_SHAPE.format(num_samples=num_samples, shape=tuple(probs.shape)))
+    return as_probabilities("y_prob", probs)
