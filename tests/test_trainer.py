@@ -228,7 +228,7 @@ def test_bad_input_errors(tmp_path, tabular):
     missing = datasets.Dataset.from_dict(
         {"features": [[0.0] * 4] * 3, "labels": [0, None, 1], "sex": ["F", "M", "F"]}
     )
-    with pytest.raises(ValueError, match="'labels' of the training dataset has 1 missing"):
+    with pytest.raises(ValueError, match="Column 'labels' .* of the training data has 1 missing"):
         FairTrainer(MLP(), fair_args(tmp_path), train_dataset=missing)
     with pytest.raises(ValueError) as err:
         FairTrainer(MLP(), fair_args(tmp_path), train_dataset=tabular.filter(lambda r: r["sex"] == "F"))
