@@ -119,9 +119,9 @@ def test_evaluate_writes_report_and_plots_and_gate_exit_codes(saved_model):
     assert "fairness gate failed" in failed.stderr and "demographic_parity_difference" in failed.stderr
     assert "overall_accuracy" in failed.stderr and "Traceback" not in failed.stderr
     typo = _evaluate(saved_model, "--max", "dp_difference=0.1")
-    assert typo.returncode == 1 and "Valid names:" in typo.stderr and "Traceback" not in typo.stderr
+    assert typo.returncode == 2 and "Valid names:" in typo.stderr and "Traceback" not in typo.stderr
     missing = _evaluate(saved_model, "--model", str(saved_model / "nowhere"))
-    assert missing.returncode == 1 and "not a folder with a saved model" in missing.stderr
+    assert missing.returncode == 2 and "not a folder with a saved model" in missing.stderr
 
 
 def test_model_card_never_overwrites_a_users_readme(tmp_path):
@@ -144,7 +144,7 @@ def test_gate_names_are_known_before_evaluating():
     assert "equalized_odds_difference" not in multi  # binary-only gaps
 
 
-def test_refused_evaluate_evaluates_and_writes_nothing(saved_model, tmp_path, monkeypatch):
+def test_refused_evaluate_evaluates_and_writes_nothing(saved_model, tmp_path, monkeypatch, capsys):
     def must_not_run(*args, **kwargs):
         raise AssertionError("a refused run must not evaluate a model")
 
@@ -155,11 +155,12 @@ def test_refused_evaluate_evaluates_and_writes_nothing(saved_model, tmp_path, mo
         (("--min", "race/worst_group_accuracy=0.5"), "Valid names:"),  # the model has no race grouping
         (("--max", "demographic_parity_ratio=0.1", "--compare", str(tmp_path)), "not a folder with a saved"),
         (("--learning_rate", "3e-5"), "does not use --learning_rate"),
-        (("--audit_dir", str(out)), "does not use --audit_dir"),
+        (("--audit_dir", str(out)), "--audit_dir is an option of `fairtune audit-data`"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             cli.evaluate_main(_evaluate_args(saved_model, "--output_dir", str(out), *extra))
-        assert message in str(exit_info.value), extra
+        assert exit_info.value.code == cli.EXIT_USER_ERROR, extra
+        assert message in capsys.readouterr().err, extra
         assert not out.exists()
 
 
