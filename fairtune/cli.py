@@ -12,11 +12,12 @@ have been checked, so ``--help`` and those errors come back at once. ``fairtune 
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from fairtune.config_files import ConfigError, StrictArgumentParser, read_config_layers
 
@@ -106,6 +107,20 @@ def refuse_other_commands_options(command: str, argv: Sequence[str]) -> None:
             raise ConfigError(ERR_OTHER_COMMAND_OPTION.format(flag=flag, owners=names, command=command))
 
 
+def _own_options(
+    command: str, argv: Sequence[str], defaults: dict[str, Any]
+) -> tuple[argparse.Namespace, list[str]]:
+    """Parse a command's own options (a list default makes one repeatable) after refusing other commands'.
+
+    Returns the options and the rest of ``argv`` (``--config`` and config keys).
+    """
+    refuse_other_commands_options(command, argv)
+    parser = StrictArgumentParser(add_help=False)
+    for flag, default in defaults.items():
+        parser.add_argument(flag, default=default, action="append" if isinstance(default, list) else "store")
+    return parser.parse_known_args(argv)
+
+
 def refuse_unused_keys(command: str, argv: Sequence[str], keys: Sequence[str]) -> None:
     """Refuse a ``--key`` flag that ``command`` does not read (``--config`` is always allowed)."""
     unused = [f for f in _flags(argv) if f != "--config" and f[2:] not in keys]
@@ -172,12 +187,9 @@ def audit_data_main(argv: Sequence[str] | None = None) -> None:
         print(AUDIT_HELP)
         return
     try:
-        refuse_other_commands_options("audit-data", argv)
-        pre = StrictArgumentParser(add_help=False)
-        pre.add_argument("--split", default="train")
-        pre.add_argument("--reference", default=None)
-        pre.add_argument("--audit_dir", default=None)
-        opts, rest = pre.parse_known_args(argv)
+        opts, rest = _own_options(
+            "audit-data", argv, {"--split": "train", "--reference": None, "--audit_dir": None}
+        )
         refuse_unused_keys("audit-data", rest, AUDIT_DATA_KEYS)
         if opts.reference and not os.path.isfile(opts.reference):
             raise ConfigError(ERR_REFERENCE_MISSING.format(path=opts.reference))
@@ -273,15 +285,8 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
         print(EVALUATE_HELP)
         return
     try:
-        refuse_other_commands_options("evaluate", argv)
-        pre = StrictArgumentParser(add_help=False)
-        pre.add_argument("--model", default=None)
-        pre.add_argument("--split", default="test")
-        pre.add_argument("--compare", default=None)
-        pre.add_argument("--max", action="append", default=[])
-        pre.add_argument("--min", action="append", default=[])
-        pre.add_argument("--output_dir", default=None)
-        opts, rest = pre.parse_known_args(argv)
+        own = {"--model": None, "--split": "test", "--compare": None, "--max": [], "--min": []}
+        opts, rest = _own_options("evaluate", argv, own | {"--output_dir": None})
         if not opts.model:
             raise ConfigError(ERR_EVALUATE_NO_MODEL)
         read_config_layers(rest)  # before torch and transformers load

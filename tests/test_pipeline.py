@@ -73,3 +73,28 @@ def test_missing_group_value_in_validation_fails_before_the_model_loads(tmp_path
     train, valid = _files(tmp_path, sex_valid=("F", ""))
     message = _build(tmp_path, train, valid, group_by="sex")
     assert re.search(r"missing", message) and "sex" in message
+
+
+def test_a_run_on_local_files_names_them_in_the_report_and_card(tmp_path, tokenizer):
+    # Defect 7: runs on local files were labelled 'adult' (the old dataset_name default).
+    import json
+
+    from conftest import text_dataset, tiny_bert
+
+    model_dir = tmp_path / "tiny"
+    tiny_bert(vocab_size=len(tokenizer)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    train, valid = tmp_path / "train.csv", tmp_path / "valid.csv"
+    text_dataset(64, seed=0).to_csv(str(train), index=False)
+    text_dataset(32, seed=1).to_csv(str(valid), index=False)
+    out = tmp_path / "out"
+    data = DataArguments(dataset_name=None, train_file=str(train), validation_file=str(valid))
+    args = FairTrainingArguments(
+        output_dir=str(out), group_by="sex", max_steps=2, report_to="none", use_cpu=True, disable_tqdm=True
+    )
+    pipeline.run(ModelArguments(model_name_or_path=str(model_dir)), data, args)
+    source = f"train={train}, validation={valid}"
+    report = json.loads((out / "fairness_report.json").read_text())
+    assert report["run"]["dataset"] == source
+    card = (out / "README.md").read_text()
+    assert source in card and "adult" not in card
