@@ -14,6 +14,7 @@ from fairtune.data.counterfactual import (
     ERR_MODE,
     ERR_NO_SWAP_VALUES,
     ERR_PAIR_SHAPE,
+    ERR_PAIRS_REPLACE,
     ERR_SELF_PAIR,
     ERR_SHARE,
     ERR_SHARE_ADD,
@@ -21,9 +22,11 @@ from fairtune.data.counterfactual import (
     ERR_TWO_PARTNERS,
     ERR_UNKNOWN_BUILTIN,
     ERR_UNKNOWN_COLUMN,
+    PAIR_COLUMN,
     WordPairs,
     augment_counterfactual,
     counterfactual,
+    find_terms,
 )
 
 GENDER = WordPairs.builtin("gender")
@@ -303,3 +306,47 @@ def test_augment_errors_on_data():
     flagged = people().add_column("counterfactual", [False] * 5)
     with pytest.raises(ValueError, match=literal(ERR_FLAG_EXISTS)):
         augment_counterfactual(flagged, "text", GENDER)
+
+
+def test_pair_ids_keep_rows_and_order_and_pair_each_copy_with_its_original():
+    from fairtune.data.pairs import check_pairs
+
+    plain = augment_counterfactual(people(), "text", GENDER, attribute="sex", swap_values=SEX_SWAP)
+    paired = augment_counterfactual(
+        people(), "text", GENDER, attribute="sex", swap_values=SEX_SWAP, pair_ids=True
+    )
+    assert paired.column_names == plain.column_names + [PAIR_COLUMN]
+    assert paired.remove_columns(PAIR_COLUMN).to_dict() == plain.to_dict()  # same rows, same order
+    # Originals carry their position; each copy its original's; the quiet person (row 1) is a pair of one.
+    assert list(paired[PAIR_COLUMN]) == [0, 1, 2, 3, 4, 0, 2, 3, 4]
+    assert all(paired[i]["id"] == paired[i][PAIR_COLUMN] for i in range(len(paired)))
+    assert check_pairs(paired) == (4, 1)
+
+
+def test_pair_id_errors():
+    with pytest.raises(ValueError, match=literal(ERR_PAIRS_REPLACE)):
+        augment_counterfactual(people(), "text", GENDER, mode="replace", pair_ids=True)
+    taken = people().add_column(PAIR_COLUMN, [0] * 5)
+    with pytest.raises(ValueError, match=literal(ERR_FLAG_EXISTS)) as err:
+        augment_counterfactual(taken, "text", GENDER, pair_ids=True)
+    assert repr(PAIR_COLUMN) in str(err.value)
+    assert len(augment_counterfactual(taken, "text", GENDER)) == 9  # the column is only ours with pair_ids
+
+
+def test_sides_of_the_gender_list_and_of_one_way_entries(tmp_path):
+    sides = GENDER.sides
+    assert [sides[t] for t in ("he", "him", "his", "man", "mr", "sir", "groom")] == [0] * 7
+    assert [sides[t] for t in ("she", "her", "hers", "woman", "mrs", "madam", "bride")] == [1] * 7
+    # one-way entries take the side opposite their replacement's
+    assert (sides["ms"], sides["ma'am"], sides["mum"], sides["bridegroom"]) == (1, 1, 1, 0)
+    assert set(sides) == set(GENDER.mapping)  # every term has a side
+    alone = WordPairs([("x", "y")], one_way=[("q", "y"), ("a", "b")])
+    assert dict(alone.sides) == {"x": 0, "y": 1, "q": 0, "a": 0, "b": 1}
+
+
+def test_find_terms_matches_what_counterfactual_swaps():
+    texts = ["The man's son met HIS wife.", "Sheila the shepherd", "he'll go; Ms. X and the boys' dad"]
+    assert find_terms(texts[0], GENDER) == ["man", "son", "his", "wife"]
+    assert find_terms(texts[1], GENDER) == []
+    assert find_terms(texts[2], GENDER) == ["he", "ms", "boys", "dad"]
+    assert [len(find_terms(t, GENDER)) for t in texts] == [counterfactual(t, GENDER)[1] for t in texts]

@@ -13,6 +13,13 @@ Word-list files (``WordPairs.from_file``; the built-in ``wordlists/gender.txt`` 
 Terms are single words, matched case-insensitively as whole words. Each term is replaced by one term only;
 several terms may share a replacement. Any error names the file and the line.
 
+Pair ids (``augment_counterfactual(..., pair_ids=True)``; ``fairtune.data.lm_corpus.cda_corpus`` follows the
+same convention): an integer ``pair_id`` column in which an original row and its counterfactual copy share one
+id, the position of the original in the dataset given to the augmentation, so ids are unique but not
+contiguous once rows are dropped. A row without identity terms keeps an id of its own, a pair of one. The
+``counterfactual`` flag tells the two members apart; ``fairtune.data.pairs.check_pairs`` checks the convention
+and ``PairSampler`` keeps both members of a pair in one micro-batch.
+
 Length: about 540 lines: the word-list format, the swap rules (case, possessives, ``her``) and their
 dataset transform belong together; the rules are most of it.
 """
@@ -24,7 +31,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -35,6 +42,7 @@ logger = logging.getLogger(__name__)
 WORDLIST_DIR = os.path.join(os.path.dirname(__file__), "wordlists")
 ONE_WAY = ">"
 FLAG_COLUMN = "counterfactual"
+PAIR_COLUMN = "pair_id"
 MODES = ("add", "replace")
 
 ERR_EMPTY_LIST = "The word list from {source} is empty; give at least one pair or one-way entry."
@@ -68,6 +76,10 @@ ERR_NO_SWAP_VALUES = (
 ERR_SWAP_WITHOUT_ATTRIBUTE = "swap_values is given but attribute is not; name the column it applies to."
 ERR_FLAG_EXISTS = (
     "The dataset already has a {column!r} column (was it augmented already?); remove or rename it first."
+)
+ERR_PAIRS_REPLACE = (
+    "pair_ids=True needs mode='add': mode='replace' swaps rows in place, so no row keeps its original to "
+    "pair with."
 )
 
 # Whole words: runs of word characters, with apostrophes (straight or curly) allowed *inside* a word, so
@@ -269,6 +281,26 @@ class WordPairs:
         return [(a, b) for a, b, two_way in self._entries if not two_way]
 
     @property
+    def sides(self) -> Mapping[str, int]:
+        """Lower-cased term -> side, 0 or 1: which member of its pair a term is, e.g. 0 = male and 1 = female
+        in the built-in gender list, whose pairs list the male term first.
+
+        A two-way pair ``(a, b)`` puts ``a`` on side 0 and ``b`` on side 1. A one-way entry ``a>b`` puts ``a``
+        on the side opposite ``b``'s ("ms>mr": mr is side 0, so ms is side 1; "bridegroom>bride": side 0);
+        when ``b`` has no side from a pair, ``a`` takes side 0 and ``b`` side 1.
+        """
+        sides: dict[str, int] = {}
+        for a, b, two_way in self._entries:
+            if two_way:
+                sides.setdefault(a, 0)
+                sides.setdefault(b, 1)
+        for a, b, two_way in self._entries:
+            if not two_way:
+                sides.setdefault(b, 1)
+                sides.setdefault(a, 1 - sides[b])
+        return MappingProxyType(sides)
+
+    @property
     def pronoun_rule(self) -> bool:
         """Whether ``counterfactual`` applies the her/his rule: needs the pairs him/her and his/hers."""
         return self._mapping.get("her") == "him" and self._mapping.get("his") == "hers"
@@ -322,6 +354,27 @@ def _next_word(text: str, tokens: list[re.Match[str]], i: int) -> str | None:
     return _APOSTROPHE_RE.split(nxt.group().lower(), maxsplit=1)[0]
 
 
+def _term_matches(
+    tokens: list[re.Match[str]], mapping: Mapping[str, str]
+) -> Iterator[tuple[int, re.Match[str], str, str]]:
+    """``(index, token, stem, suffix)`` of every token that is a term, or whose part before its first
+    apostrophe is one ("men's" -> stem "men", suffix "'s"); the one place that decides what is a term."""
+    for i, match in enumerate(tokens):
+        word = match.group()
+        if word.lower() in mapping:
+            yield i, match, word, ""
+            continue
+        parts = _APOSTROPHE_RE.split(word, maxsplit=1)
+        if len(parts) > 1 and parts[0].lower() in mapping:
+            yield i, match, parts[0], word[len(parts[0]) :]
+
+
+def find_terms(text: str, pairs: WordPairs) -> list[str]:
+    """The identity terms in ``text``, lower-cased, in order, as ``counterfactual`` finds and swaps them
+    ("The man's son" -> ``["man", "son"]``)."""
+    return [stem.lower() for _, _, stem, _ in _term_matches(list(_WORD_RE.finditer(text)), pairs.mapping)]
+
+
 def counterfactual(text: str, pairs: WordPairs) -> tuple[str, int]:
     """Swap every identity term in ``text`` for its partner; return the new text and the number of swaps.
 
@@ -361,14 +414,7 @@ def counterfactual(text: str, pairs: WordPairs) -> tuple[str, int]:
     tokens = list(_WORD_RE.finditer(text))
     out: list[str] = []
     last = swaps = 0
-    for i, match in enumerate(tokens):
-        word = match.group()
-        stem, suffix = word, ""
-        if word.lower() not in mapping:
-            parts = _APOSTROPHE_RE.split(word, maxsplit=1)
-            if len(parts) == 1 or parts[0].lower() not in mapping:
-                continue
-            stem, suffix = parts[0], word[len(parts[0]) :]
+    for i, match, stem, suffix in _term_matches(tokens, mapping):
         key = stem.lower()
         partner = mapping[key]
         if not suffix and key in ("her", "his") and pairs.pronoun_rule:
@@ -442,6 +488,7 @@ def augment_counterfactual(
     share: float = 1.0,
     seed: int = 0,
     text_pair_column: str | None = None,
+    pair_ids: bool = False,
 ) -> Any:
     """Counterfactual data augmentation of a ``datasets.Dataset`` (see ``counterfactual`` for the swap).
 
@@ -455,9 +502,12 @@ def augment_counterfactual(
         mode: ``"add"`` keeps every original and appends one swapped copy of each example that contains a
             term; ``"replace"`` swaps, in place, a random ``share`` (seeded; of the examples that contain a
             term, rounded to the nearest count) and keeps the dataset's size and order.
+        pair_ids: (mode ``"add"`` only) also write an integer ``pair_id`` column: row ``i`` of ``dataset``
+            gets id ``i`` and its copy the same id; a row without terms keeps an id of its own (a pair of
+            one). The rows and their order are the same as without it.
 
     Returns:
-        The dataset with a boolean ``counterfactual`` column, true for the swapped examples.
+        The dataset with a boolean ``counterfactual`` column, true for the swapped examples (and ``pair_id``).
     """
     if mode not in MODES:
         raise ValueError(ERR_MODE.format(mode=mode, choices=list(MODES)))
@@ -465,6 +515,8 @@ def augment_counterfactual(
         raise ValueError(ERR_SHARE.format(share=share))
     if mode == "add" and share != 1:
         raise ValueError(ERR_SHARE_ADD.format(share=share))
+    if pair_ids and mode != "add":
+        raise ValueError(ERR_PAIRS_REPLACE)
     _check_column(dataset, text_column, "text_column")
     if text_pair_column is not None:
         _check_column(dataset, text_pair_column, "text_pair_column")
@@ -474,8 +526,9 @@ def augment_counterfactual(
             raise ValueError(ERR_NO_SWAP_VALUES.format(attribute=attribute))
     elif swap_values is not None:
         raise ValueError(ERR_SWAP_WITHOUT_ATTRIBUTE)
-    if FLAG_COLUMN in dataset.column_names:
-        raise ValueError(ERR_FLAG_EXISTS.format(column=FLAG_COLUMN))
+    for column in (FLAG_COLUMN, PAIR_COLUMN) if pair_ids else (FLAG_COLUMN,):
+        if column in dataset.column_names:
+            raise ValueError(ERR_FLAG_EXISTS.format(column=column))
     if len(dataset) == 0:
         raise ValueError(ERR_EMPTY_DATASET)
     import datasets
@@ -514,6 +567,10 @@ def augment_counterfactual(
             fn_kwargs={"chosen": None, **apply_kwargs},
             desc="Counterfactual copies",
         )
+        if pair_ids:
+            pair_feature = datasets.Value("int64")
+            originals = originals.add_column(PAIR_COLUMN, list(range(len(dataset))), feature=pair_feature)
+            copies = copies.add_column(PAIR_COLUMN, applied, feature=pair_feature)
         result = datasets.concatenate_datasets([originals, copies.select_columns(originals.column_names)])
     else:
         result = scored.map(
