@@ -62,6 +62,7 @@ ReweightingMode = Literal["weights", "sampler"]
 AdversaryInput = Literal["hidden", "logits"]
 PostProcessing = Literal["demographic_parity", "equal_opportunity", "equalized_odds"]
 CounterfactualMode = Literal["add", "replace"]
+Task = Literal["classification", "causal_lm"]
 # How a value's expected type reads in an error message, by the parser's conversion function.
 EXPECTED = {
     "float": "a float (a number such as 0.5 or 3e-5)",
@@ -140,6 +141,14 @@ def metric_greater_is_better(metric: str) -> bool:
 class FairTrainingArguments(TrainingArguments):
     """``TrainingArguments`` plus the groups to train and report on and how to measure them."""
 
+    task: Task = field(
+        default="classification",
+        metadata={
+            "help": "classification: a sequence classifier (per-sample cross-entropy, group metrics); "
+            "causal_lm: a causal language model (per-sample loss = mean token NLL of each sequence over its "
+            "labelled tokens; per-group loss and stereotype benchmarks at evaluation)."
+        },
+    )
     group_by: str | None = field(
         default=None,
         metadata={

@@ -20,6 +20,8 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 GROUP_COLUMN_PREFIX = "group:"
+# Counterfactual pairs: a row and its swapped copy share an id (fairtune.data.counterfactual writes them).
+PAIR_COLUMN = "pair_id"
 INTERSECTION_SEPARATOR = "+"
 VALUE_SEPARATOR = "|"
 VOCAB_FILE = "group_vocab.json"

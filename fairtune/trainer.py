@@ -11,6 +11,7 @@ loss, logging, evaluation, checkpoints, post-processing) is visible in one place
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,13 @@ import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, Trainer, default_data_collator
+from transformers import (
+    DataCollatorForLanguageModeling,
+    DataCollatorWithPadding,
+    PreTrainedTokenizerBase,
+    Trainer,
+    default_data_collator,
+)
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from fairtune.callbacks import (
@@ -32,7 +39,14 @@ from fairtune.callbacks import (
 )
 from fairtune.config import FairTrainingArguments
 from fairtune.data.collator import FairDataCollator
-from fairtune.groups import GROUP_COLUMN_PREFIX, GroupVocabulary, check_columns, group_column, groupings_of
+from fairtune.groups import (
+    GROUP_COLUMN_PREFIX,
+    PAIR_COLUMN,
+    GroupVocabulary,
+    check_columns,
+    group_column,
+    groupings_of,
+)
 from fairtune.metrics import GroupResult, GroupStats
 from fairtune.mitigation import Mitigations, PenaltyBatch, TermLog
 from fairtune.mitigation.combined import (
@@ -83,7 +97,53 @@ ERR_OUTPUT_DIR = (
     "output_dir {path!r} already holds a run ({found}). Pass overwrite_output_dir=True to train into it, "
     "resume_from_checkpoint to continue it, or choose another output_dir."
 )
+ERR_TASK_MODEL = (
+    "task is {task!r}, but the model {kind} {what}. Set task: {other} (or give a model for {task})."
+)
+ERR_PAIRS_MISSING = (
+    "{method!r} compares counterfactual pairs, but the training data has no {column!r} column: build it with "
+    "counterfactual augmentation and pair ids (fairtune.data.augment_counterfactual(..., pair_ids=True)) or "
+    "fairtune.data.lm_corpus.cda_corpus."
+)
 ERR_POSTPROCESS_NONE = "No post-processing configured: set post_processing or pass a GroupThresholds."
+
+
+def model_task(model: nn.Module) -> str | None:
+    """``causal_lm`` or ``classification`` for a transformers model (PEFT-wrapped too), None for others."""
+    from transformers.models.auto import modeling_auto
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = type(base).__name__
+    for task, mapping in (
+        ("causal_lm", modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
+        ("classification", modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES),
+    ):
+        names = {n for v in mapping.values() for n in ((v,) if isinstance(v, str) else v)}
+        if name in names:
+            return task
+    return None
+
+
+def _check_task_model(task: str, model: nn.Module) -> None:
+    kind = model_task(model)
+    if kind is not None and kind != task:
+        what = "predicts the next token" if kind == "causal_lm" else "classifies sequences"
+        raise ValueError(ERR_TASK_MODEL.format(task=task, kind=type(model).__name__, what=what, other=kind))
+
+
+def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean token NLL of each sequence over its labelled tokens: logits (N, T, V), labels (N, T) -> (N,).
+
+    Position t predicts token t + 1 (labels are shifted here, as transformers' causal-LM loss does); a label
+    of -100 (padding, a prompt) is not predicted. A sequence without any labelled token has loss 0. In
+    float32, so bf16 logits do not lose the per-sequence differences weights and penalties act on.
+    """
+    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
+    token = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), reduction="none"
+    ).view(shift_labels.shape)  # ignore_index -100 gives 0 there
+    mask = shift_labels.ne(-100)
+    return (token * mask).sum(1) / mask.sum(1).clamp_min(1)
 
 
 def logits_of(outputs: Any) -> torch.Tensor:
@@ -132,6 +192,8 @@ class FairTrainer(Trainer):
         mitigations: method objects (``Penalty``, ``Reweighter``, ``GroupDRO``, ``Adversary``) added to those
             the arguments name; or a ``Mitigations`` object, used as it is (build it with
             ``Mitigations.from_args(args, [...])`` to include the arguments' methods).
+        monitor: for a causal LM, an object with ``evaluate(model, tokenizer) -> dict[str, float]`` (e.g.
+            ``fairtune.lm.StereotypeMonitor``) whose metrics join every evaluation as ``eval_<key>``.
         Other arguments are those of ``transformers.Trainer``.
     """
 
@@ -147,6 +209,7 @@ class FairTrainer(Trainer):
         processing_class: Any = None,
         group_vocab: GroupVocabulary | None = None,
         mitigations: Mitigations | list[Any] | None = None,
+        monitor: Any = None,
         **kwargs: Any,
     ):
         # Everything that can be wrong with the inputs is checked here, before Trainer starts anything.
@@ -163,13 +226,18 @@ class FairTrainer(Trainer):
         self.group_vocab = self._resolve_vocab(args, group_vocab, train_dataset)
         self.group_columns = [group_column(name) for name in self.group_vocab.groupings]
         self.train_group_column = group_column(self.group_vocab.train_grouping)
-        self.num_labels = self._resolve_num_labels(model, args, train_dataset)
+        self.task = args.task
+        _check_task_model(self.task, model)
+        # A causal LM's rows have no class: reweighters and adversaries see one class, 0, for every row.
+        self.num_labels = self._resolve_num_labels(model, args, train_dataset) if self.is_classifier else 1
         has_validation = eval_dataset is not None and not isinstance(eval_dataset, dict)
-        self.mitigations.check_task(self.num_labels, has_validation)
+        self.mitigations.check_task(self.num_labels, has_validation, self.task)
         train_groups = train_labels = None
         if train_dataset is not None:
             train_dataset = self.prepare_dataset(train_dataset, "training")
             train_groups, train_labels = self._train_groups_and_labels(train_dataset)
+            if self.mitigations.needs_pairs:
+                self._check_pairs(train_dataset)
         self.mitigations.setup(model, self.num_train_groups, self.num_labels, train_groups, train_labels)
         if isinstance(eval_dataset, dict):
             eval_dataset = {k: self.prepare_dataset(v, f"evaluation ({k})") for k, v in eval_dataset.items()}
@@ -177,11 +245,12 @@ class FairTrainer(Trainer):
             eval_dataset = self.prepare_dataset(eval_dataset, "evaluation")
 
         if data_collator is None:
-            data_collator = (
-                DataCollatorWithPadding(processing_class)
-                if isinstance(processing_class, PreTrainedTokenizerBase)
-                else default_data_collator
-            )
+            if not isinstance(processing_class, PreTrainedTokenizerBase):
+                data_collator = default_data_collator
+            elif self.is_classifier:
+                data_collator = DataCollatorWithPadding(processing_class)
+            else:  # labels are the input ids, padding masked with -100
+                data_collator = DataCollatorForLanguageModeling(processing_class, mlm=False)
         if not isinstance(data_collator, FairDataCollator):
             data_collator = FairDataCollator(data_collator)
 
@@ -208,6 +277,8 @@ class FairTrainer(Trainer):
         # Running means of the loss terms and per-group losses between two training logs.
         self.term_log = TermLog()
         self._eval_stats: dict[str, GroupStats] | None = None
+        self._eval_losses: dict[str, torch.Tensor] | None = None  # causal LM: (G, 2) [loss sum, count]
+        self.monitor = monitor
         self._eval_batches_seen = 0
         # Last fairness results: metric prefix ("eval", "test", ...) -> grouping -> result.
         self.fairness_results: dict[str, dict[str, GroupResult]] = {}
@@ -237,6 +308,11 @@ class FairTrainer(Trainer):
         return vocab
 
     @property
+    def is_classifier(self) -> bool:
+        """Whether the task is classification (else a causal LM)."""
+        return self.task == "classification"
+
+    @property
     def num_train_groups(self) -> int:
         """G: groups of the training grouping in the vocabulary (the rows of every training statistic)."""
         return self.group_vocab.groupings[self.group_vocab.train_grouping].num_train_groups
@@ -256,14 +332,31 @@ class FairTrainer(Trainer):
         """(N,) training group ids and (N,) labels, read from the arrow table without decoding rows."""
         table = dataset.with_format("arrow")
         groups = torch.tensor(table[self.train_group_column].to_numpy(), dtype=torch.long)
+        if not self.is_classifier:
+            return groups, torch.zeros_like(groups)
         labels = torch.tensor(table[self._label_column(dataset, "training")].to_numpy(), dtype=torch.long)
         return groups, labels
 
+    def _check_pairs(self, dataset: Any) -> None:
+        """Refuse pair methods without pair ids, and broken pairs (an id on three rows, a lone copy)."""
+        from fairtune.data.pairs import check_pairs
+
+        method = next(m for m in self.mitigations if getattr(m, "needs_pairs", False))
+        if PAIR_COLUMN not in dataset.column_names:
+            raise ValueError(ERR_PAIRS_MISSING.format(method=method, column=PAIR_COLUMN))
+        check_pairs(dataset)
+
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-        """A weighted sampler when a reweighter runs in ``sampler`` mode, else Trainer's own."""
+        """A pair sampler when a method compares counterfactual pairs (both rows of a pair in one
+        micro-batch), a weighted sampler when a reweighter runs in ``sampler`` mode, else Trainer's own."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.mitigations.needs_pairs and PAIR_COLUMN in dataset.column_names:
+            from fairtune.data.pairs import PairSampler
+
+            seed = self.args.data_seed or self.args.seed
+            return PairSampler(dataset[PAIR_COLUMN], self._train_batch_size, seed=seed)
         if self.mitigations.sampler_reweighter is None:
             return super()._get_train_sampler(train_dataset)
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
         groups, labels = self._train_groups_and_labels(dataset)
         return self.mitigations.train_sampler(groups, labels, seed=self.args.data_seed or self.args.seed)
 
@@ -313,6 +406,8 @@ class FairTrainer(Trainer):
         outside ``[0, num_labels)``.
         """
         self._check_dataset(dataset, split)
+        if not self.is_classifier:  # a causal LM's labels are its input ids, made by the collator
+            return self.group_vocab.encode(dataset, split=split)
         label = self._label_column(dataset, split)
         check_columns(dataset, [label], split=split, what="the labels")
         column = dataset.with_format("arrow")[label]
@@ -328,18 +423,36 @@ class FairTrainer(Trainer):
     def _set_signature_columns_if_needed(self) -> None:
         # Group id columns are not arguments of model.forward; without this, remove_unused_columns drops them.
         super()._set_signature_columns_if_needed()
-        for col in self.group_columns:
+        for col in [*self.group_columns, PAIR_COLUMN]:
             if col not in self._signature_columns:
                 self._signature_columns.append(col)
 
     # ----- loss -------------------------------------------------------------------------------------
     def per_sample_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Task loss per sample: cross-entropy of logits (N, C) against class ids (N,) -> (N,).
+        """Task loss per sample -> (N,).
 
+        Classification: cross-entropy of logits (N, C) against class ids (N,). Causal LM: the mean token NLL
+        of each sequence over its labelled tokens (``sequence_nll``; logits (N, T, V), labels (N, T)).
         Computed in float32 so that bf16/fp16 logits do not lose the small per-sample differences that
         weights and penalties act on.
         """
+        if not self.is_classifier:
+            return sequence_nll(logits, labels)
         return F.cross_entropy(logits.float(), labels, reduction="none")
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
+        # Trainer counts a causal LM's labelled tokens; our per-sample loss is per sequence, so the items of
+        # an accumulation window are its sequences with at least one labelled target token.
+        if self.is_classifier or not batch_samples or "labels" not in batch_samples[0]:
+            return super()._get_num_items_in_batch(batch_samples, device)
+        rows = [
+            {"labels": torch.where(b["labels"][..., 1:].ne(-100).any(-1), 0, -100)} for b in batch_samples
+        ]
+        shifts, self._loss_shifts_labels = self._loss_shifts_labels, False
+        try:
+            return super()._get_num_items_in_batch(rows, device)
+        finally:
+            self._loss_shifts_labels = shifts
 
     def compute_loss(
         self,
@@ -355,12 +468,13 @@ class FairTrainer(Trainer):
         when ``average_tokens_across_devices``), so the loss of unequal micro-batches averages correctly.
         """
         groups = {k: inputs.pop(k) for k in list(inputs) if k.startswith(GROUP_COLUMN_PREFIX)}
+        pair_ids = inputs.pop(PAIR_COLUMN, None)
         labels = inputs.pop("labels")
         mitigate = model.training and self.train_group_column in groups
         hidden = mitigate and self.mitigations.needs_hidden_states
         outputs = model(**inputs, output_hidden_states=True) if hidden else model(**inputs)
         logits = logits_of(outputs)
-        if logits.dim() != 2 or logits.shape[-1] < 2:
+        if self.is_classifier and (logits.dim() != 2 or logits.shape[-1] < 2):
             raise ValueError(ERR_NUM_LABELS.format(num_labels=logits.shape[-1] if logits.dim() else 1))
         losses = self.per_sample_loss(logits, labels)
         if not mitigate:
@@ -370,11 +484,22 @@ class FairTrainer(Trainer):
         group_ids = groups[self.train_group_column]
         self.term_log.add_group_losses(losses, group_ids, self.num_train_groups)
         self.term_log.add("task_loss", losses.mean())
+        # Reweighters see class ids; every row of a causal LM counts as class 0.
+        row_labels = labels if self.is_classifier else torch.zeros_like(group_ids)
         weights = self.mitigations.sample_weights(
-            losses.detach(), group_ids, labels, self._reduce(), self.term_log
+            losses.detach(), group_ids, row_labels, self._reduce(), self.term_log
         )
         loss = self.reduce_loss(losses * weights, num_items_in_batch)
-        batch = PenaltyBatch(logits, labels, group_ids, self.num_train_groups, losses)
+        batch = PenaltyBatch(
+            logits,
+            labels,
+            group_ids,
+            self.num_train_groups,
+            losses,
+            pair_ids=pair_ids,
+            input_ids=inputs.get("input_ids"),
+            attention_mask=inputs.get("attention_mask"),
+        )
         extra = self.mitigations.extra_loss(
             outputs, batch, self.state.global_step, self.term_log, inputs.get("attention_mask")
         )
@@ -428,9 +553,49 @@ class FairTrainer(Trainer):
                 return None, None if prediction_loss_only else logits_of(outputs).detach(), None
             loss, outputs = self.compute_loss(model, dict(inputs), return_outputs=True)
         logits = logits_of(outputs).detach()
+        if not self.is_classifier:
+            # (N, T, V) logits are too large to collect: a causal LM's evaluation keeps per-group losses.
+            if self._eval_losses is not None and groups:
+                self._update_eval_losses(self.per_sample_loss(logits, labels), groups)
+            return loss.detach(), None, None
         if self._eval_stats is not None and groups:
             self._update_eval_stats(logits, labels, groups)
         return loss.detach(), None if prediction_loss_only else logits, labels
+
+    def _update_eval_losses(self, losses: torch.Tensor, groups: dict[str, torch.Tensor]) -> None:
+        """Add per-sample losses (N,) to every grouping's (G, 2) [loss sum, count], over all processes."""
+        names = [c for c in self.group_columns if c in groups]
+        stacked = torch.stack([groups[c] for c in names], dim=1)  # (N, K)
+        losses, stacked = self.accelerator.gather_for_metrics((losses.double(), stacked))
+        rows = torch.stack([losses, torch.ones_like(losses)], 1)
+        for k, col in enumerate(names):
+            sums = self._eval_losses[col]
+            extra = int(stacked[:, k].max()) + 1 - sums.shape[0]
+            if extra > 0:  # a group first met at evaluation
+                sums = torch.cat([sums, sums.new_zeros(extra, 2)])
+            self._eval_losses[col] = sums.index_add_(0, stacked[:, k].to(sums.device), rows.to(sums.device))
+
+    def _lm_group_metrics(self, prefix: str) -> dict[str, float]:
+        """Per-group mean sequence NLL and perplexity, the loss gap and the worst group, per grouping."""
+        metrics: dict[str, float] = {}
+        for name in self.group_vocab.groupings:
+            sums = self._eval_losses[group_column(name)].tolist()
+            names = self.group_vocab.names(name)
+            means = {names[g]: total / count for g, (total, count) in enumerate(sums) if count > 0}
+            for group, mean in means.items():
+                metrics[f"{prefix}_{name}/{group}/loss"] = mean
+                metrics[f"{prefix}_{name}/{group}/perplexity"] = math.exp(mean)
+                metrics[f"{prefix}_{name}/{group}/count"] = sums[names.index(group)][1]
+            if len(means) >= 2:
+                metrics[f"{prefix}_{name}/loss_difference"] = max(means.values()) - min(means.values())
+                metrics[f"{prefix}_{name}/worst_group_loss"] = max(means.values())
+        total, count = (
+            sum(col) for col in zip(*self._eval_losses[self.train_group_column].tolist(), strict=True)
+        )
+        if count:
+            metrics[f"{prefix}_loss"] = total / count
+            metrics[f"{prefix}_perplexity"] = math.exp(total / count)
+        return metrics
 
     def _update_eval_stats(
         self, logits: torch.Tensor, labels: torch.Tensor, groups: dict[str, torch.Tensor]
@@ -493,7 +658,14 @@ class FairTrainer(Trainer):
         ignore_keys: list[str] | None = None,
         metric_key_prefix: str = "eval",
     ) -> Any:
-        """Run ``Trainer.evaluation_loop`` and add per-group metrics and gaps for every grouping."""
+        """Run ``Trainer.evaluation_loop`` and add per-group metrics and gaps for every grouping.
+
+        For a causal LM: per-group mean sequence NLL and perplexity, and the monitor's stereotype metrics.
+        """
+        if not self.is_classifier:
+            return self._lm_evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
         self._eval_stats = self._new_group_stats()
         self._eval_batches_seen = 0
         try:
@@ -515,6 +687,30 @@ class FairTrainer(Trainer):
             output.metrics[loss_key] = float(results[self.group_vocab.train_grouping].overall["loss"])
         if results:
             self.fairness_results[metric_key_prefix] = results
+        return output
+
+    def _lm_evaluation_loop(
+        self,
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: bool | None,
+        ignore_keys: list[str] | None,
+        metric_key_prefix: str,
+    ) -> Any:
+        self._eval_losses = {
+            group_column(name): torch.zeros(len(g.values), 2, dtype=torch.float64, device=self.args.device)
+            for name, g in self.group_vocab.groupings.items()
+        }
+        try:
+            output = super().evaluation_loop(dataloader, description, True, ignore_keys, metric_key_prefix)
+            # Exact per-sequence means replace Trainer's mean of batch means (padding duplicates included).
+            output.metrics.update(self._lm_group_metrics(metric_key_prefix))
+        finally:
+            self._eval_losses = None
+        if self.monitor is not None:
+            model = self.accelerator.unwrap_model(self.model)
+            for key, value in self.monitor.evaluate(model, self.processing_class).items():
+                output.metrics[f"{metric_key_prefix}_{key}"] = value
         return output
 
     def evaluate(

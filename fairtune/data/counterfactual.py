@@ -37,12 +37,13 @@ from typing import Any
 
 import numpy as np
 
+from fairtune.groups import PAIR_COLUMN
+
 logger = logging.getLogger(__name__)
 
 WORDLIST_DIR = os.path.join(os.path.dirname(__file__), "wordlists")
 ONE_WAY = ">"
 FLAG_COLUMN = "counterfactual"
-PAIR_COLUMN = "pair_id"
 MODES = ("add", "replace")
 
 ERR_EMPTY_LIST = "The word list from {source} is empty; give at least one pair or one-way entry."

@@ -2,6 +2,7 @@
 
 * Penalties (loss wrappers): ``DemographicParity``, ``EqualOpportunity``, ``EqualizedOdds``, ``LossParity``,
   ``MinDiff``, or any subclass of ``Penalty`` (a rate penalty is a ``RatePenalty`` with a ``statistic``).
+* Counterfactual consistency: ``CounterfactualConsistency`` (a row against its swapped copy; needs pair ids).
 * Adversarial debiasing: ``Adversary`` (and ``EqualizedOddsAdversary``).
 * Reweighting and sampling: ``KamiranCalders``, ``BalancedGroup``, ``BalancedLabel``,
   ``BalancedGroupLabel`` (as loss weights or as a sampler), and ``GroupDRO``.
@@ -14,6 +15,7 @@ Importing this package registers the built-in methods (``registry`` itself impor
 
 from fairtune.mitigation.adversary import Adversary, EqualizedOddsAdversary, grad_reverse
 from fairtune.mitigation.combined import Mitigations, TermLog
+from fairtune.mitigation.consistency import CounterfactualConsistency
 from fairtune.mitigation.penalties import (
     DemographicParity,
     EqualizedOdds,
@@ -45,6 +47,7 @@ __all__ = [
     "BalancedGroup",
     "BalancedGroupLabel",
     "BalancedLabel",
+    "CounterfactualConsistency",
     "DemographicParity",
     "EqualOpportunity",
     "EqualizedOdds",

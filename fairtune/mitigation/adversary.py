@@ -77,6 +77,11 @@ class Adversary:
     name = "adversary"
     needs_labels = True
 
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        # The conditional head sees the class label, which a causal LM does not have.
+        return ("classification",) if self.conditional else ("classification", "causal_lm")
+
     def __init__(
         self,
         input: str = "hidden",

@@ -48,6 +48,14 @@ ERR_ADVERSARY_OPTIMIZER = (
     "add its head's parameters yourself or let FairTrainer create the optimizer."
 )
 ERR_REWEIGHTER_UNFITTED = "{method!r} needs a train_dataset to fit its weights on."
+ERR_TASK = (
+    "{method!r} does not work for task {task!r} (it works for: {tasks}). For causal LMs use loss_parity, "
+    "counterfactual_consistency, group_dro, balanced_group or a group adversary."
+)
+ERR_PAIRS_AND_SAMPLER = (
+    "{method!r} needs counterfactual pairs in one micro-batch (a pair sampler), which a reweighter in "
+    "sampler mode ({sampler!r}) would replace; use reweighting_mode: weights."
+)
 ERR_POSTPROCESS_NO_VALIDATION = (
     "post_processing {name!r} fits its thresholds on a validation set; pass eval_dataset (a single dataset) "
     "or a dataset to fit_thresholds()."
@@ -179,9 +187,23 @@ class Mitigations:
         return ", ".join(repr(m) for m in self.methods) or "none"
 
     # ----- checks and set-up ----------------------------------------------------------------------------
-    def check_task(self, num_labels: int, has_validation: bool) -> None:
+    @property
+    def needs_pairs(self) -> bool:
+        """Whether a method compares counterfactual pairs, which must then share their micro-batch."""
+        return any(getattr(m, "needs_pairs", False) for m in self.methods)
+
+    def check_task(self, num_labels: int, has_validation: bool, task: str = "classification") -> None:
         """Checks that need only the task, not the model: run them before a model is loaded."""
+        for method in self.methods:
+            tasks = getattr(method, "tasks", ("classification",))
+            if task not in tasks:
+                raise ValueError(ERR_TASK.format(method=method, task=task, tasks=", ".join(tasks)))
+        pairing = next((m for m in self.methods if getattr(m, "needs_pairs", False)), None)
+        if pairing is not None and self.sampler_reweighter is not None:
+            raise ValueError(ERR_PAIRS_AND_SAMPLER.format(method=pairing, sampler=self.sampler_reweighter))
         post = self.post_processing
+        if post is not None and task != "classification":
+            raise ValueError(ERR_TASK.format(method=post, task=task, tasks="classification"))
         if post is not None:
             if num_labels != 2:
                 raise ValueError(ERR_POSTPROCESS_BINARY.format(name=post.objective, num_labels=num_labels))

@@ -51,6 +51,13 @@ class PenaltyBatch:
         num_groups: G, the number of groups in the training vocabulary; every statistic has G rows, also
             for groups absent from this batch (their denominators are 0).
         losses: (N,) per-sample task loss, before any sample weights, with its graph.
+        pair_ids: (N,) counterfactual pair ids when the data has them (``pair_id`` column), else None.
+        input_ids, attention_mask: (N, T) token inputs of text models, else None (a causal LM's consistency
+            penalty aligns the pair's tokens with them).
+
+    For a causal LM, ``logits`` are (N, T, V) and ``labels`` (N, T) token ids (-100 where not predicted); the
+    rate penalties need class probabilities and refuse such a task, while ``LossParity`` and
+    ``CounterfactualConsistency`` work on both.
 
     Derived (computed once per batch and cached):
         probs: (N, C) softmax of the logits, float32.
@@ -65,6 +72,9 @@ class PenaltyBatch:
     groups: Tensor
     num_groups: int
     losses: Tensor
+    pair_ids: Tensor | None = None
+    input_ids: Tensor | None = None
+    attention_mask: Tensor | None = None
 
     @cached_property
     def probs(self) -> Tensor:
@@ -160,6 +170,8 @@ class Penalty:
 
     name = "penalty"
     needs_labels = True
+    # Task kinds the method works for; rate penalties need class probabilities, so classification only.
+    tasks: tuple[str, ...] = ("classification",)
 
     def __init__(self, weight: float = 1.0, warmup_steps: int = 0):
         if not (weight >= 0 and math.isfinite(weight)):  # also rejects NaN
@@ -257,6 +269,7 @@ class LossParity(RatePenalty):
     """Spread of the mean task loss across groups: accuracy parity through its differentiable surrogate."""
 
     name = "loss_parity"
+    tasks = ("classification", "causal_lm")  # any per-sample loss: cross-entropy or a sequence's mean NLL
 
     def statistic(self, batch: PenaltyBatch) -> tuple[Tensor, Tensor]:
         losses = batch.losses.float().unsqueeze(1)

@@ -50,6 +50,7 @@ class Reweighter:
     """
 
     name = "reweighter"
+    tasks: tuple[str, ...] = ("classification",)  # weights per (group, class) cell need class labels
 
     def __init__(self, mode: str = "weights"):
         if mode not in MODES:
@@ -122,6 +123,7 @@ class BalancedGroup(_Balanced):
     """Each group carries the same total weight: w(g, y) = 1 / n_g (up to normalisation)."""
 
     name, by = "balanced_group", "group"
+    tasks = ("classification", "causal_lm")  # by group only: a causal LM's rows count as one class
 
 
 @register("reweighting", "balanced_label")
@@ -196,6 +198,7 @@ class GroupDRO:
 
     name = "group_dro"
     mode = "weights"
+    tasks = ("classification", "causal_lm")
 
     def __init__(self, eta: float = 0.01):
         if not (eta > 0 and math.isfinite(eta)):
