@@ -15,6 +15,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -266,3 +267,64 @@ def compare_markdown(a: ModelEvaluation, b: ModelEvaluation, names: tuple[str, s
             lines.append(f"| {metric} | {fmt(va)} | {fmt(vb)} | {change} |")
         lines.append("")
     return "\n".join(lines)
+
+
+@dataclass
+class FlipRate:
+    """Counterfactual flip rate: how often a prediction changes when only identity terms are swapped.
+
+    Attributes:
+        rows: rows scored; swapped: rows with at least one identity term (the others cannot flip);
+        flipped: swapped rows whose predicted class changed.
+    """
+
+    rows: int
+    swapped: int
+    flipped: int
+
+    @property
+    def rate(self) -> float:
+        """flipped / swapped (NaN when no row had a term to swap)."""
+        return self.flipped / self.swapped if self.swapped else math.nan
+
+    def describe(self) -> str:
+        return (
+            f"{fmt(self.rate)} ({self.flipped} of {self.swapped} rows with swapped terms, {self.rows} rows)"
+        )
+
+
+def counterfactual_flip_rate(
+    trainer: Any,
+    dataset: Any,
+    pairs: Any,
+    text_column: str,
+    text_pair_column: str | None = None,
+    max_length: int = 128,
+    split: str = "test",
+) -> FlipRate:
+    """Predict ``dataset`` (a tokenized split that kept its text) as it is and with the identity terms of
+    ``pairs`` (``WordPairs``) swapped in its text, and count the rows whose predicted class changes.
+
+    The swapped text is tokenized with the trainer's tokenizer like the original (same ``max_length``).
+    """
+    from fairtune.data.counterfactual import counterfactual
+
+    tokenizer = trainer.processing_class
+    columns = [text_column] + ([text_pair_column] if text_pair_column else [])
+
+    def swap(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        swapped = {c: [counterfactual(t, pairs) for t in batch[c]] for c in columns}
+        texts = {c: [t for t, _ in swapped[c]] for c in columns}
+        counts = [
+            sum(n for n in row) for row in zip(*([n for _, n in swapped[c]] for c in columns), strict=True)
+        ]
+        pair = texts[text_pair_column] if text_pair_column else None
+        encoded = tokenizer(texts[text_column], pair, truncation=True, max_length=max_length)
+        return {**texts, **encoded, "_swaps": counts}
+
+    swapped = dataset.map(swap, batched=True, desc="Swapping identity terms")
+    original = trainer.predict(dataset, metric_key_prefix=f"{split}_original").predictions.argmax(-1)
+    changed = trainer.predict(swapped.remove_columns("_swaps"), metric_key_prefix=f"{split}_swapped")
+    has_terms = np.asarray(swapped["_swaps"]) > 0
+    flips = (changed.predictions.argmax(-1) != original) & has_terms
+    return FlipRate(rows=len(dataset), swapped=int(has_terms.sum()), flipped=int(flips.sum()))

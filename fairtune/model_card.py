@@ -32,8 +32,12 @@ def render_model_card(
     data_audit: dict[str, Any] | None,
     splits: dict[str, dict[str, GroupResult]],
     eval_split: str,
+    flip_rate: str | None = None,
 ) -> str:
-    """Markdown of the card: metadata, description, fairness section."""
+    """Markdown of the card: metadata, description, fairness section.
+
+    ``flip_rate``: the counterfactual flip rate on the evaluation split, described (``FlipRate.describe``).
+    """
     hub_base = MINILM_HUB_NAME if base_model == "minilm" else base_model
     front = ["---", "library_name: transformers", "pipeline_tag: text-classification"]
     if not os.path.isdir(hub_base):
@@ -50,8 +54,12 @@ def render_model_card(
         f"- Mitigation during training: {mitigation}",
         f"- Post-processing: {post_processing}",
         f"- Training-data augmentation: {augmentation}",
-        "",
     ]
+    if flip_rate is not None:
+        lines.append(
+            f"- Counterfactual flip rate (predictions changed by swapping identity terms): {flip_rate}"
+        )
+    lines.append("")
     if data_audit is not None:
         lines += [f"### Training data ({data_audit['rows']} rows)", ""]
         for grouping, g in data_audit["groupings"].items():

@@ -14,7 +14,14 @@ from typing import Any
 
 from fairtune.audit import audit_dataset, write_audit
 from fairtune.config import DataArguments, FairTrainingArguments, ModelArguments, resolve_model_path
-from fairtune.data.loading import augment_training_data, describe_source, load_raw_datasets, tokenize
+from fairtune.data.loading import (
+    augment_training_data,
+    describe_source,
+    load_raw_datasets,
+    tokenize,
+    word_pairs,
+)
+from fairtune.evaluation import counterfactual_flip_rate
 from fairtune.groups import VOCAB_FILE, GroupVocabulary, groupings_of
 from fairtune.metrics import GroupResult
 from fairtune.mitigation import Mitigations
@@ -23,6 +30,11 @@ from fairtune.report import gap_table, group_table, write_report
 from fairtune.trainer import FairTrainer, check_output_dir
 
 logger = logging.getLogger(__name__)
+
+ERR_PAIRS_NEED_AUGMENTATION = (
+    "penalty {method!r} compares each training row with its counterfactual copy: set "
+    "counterfactual_augmentation: add (the copies and their pair ids are made from the training text)."
+)
 
 
 def build_model(model_args: ModelArguments, num_labels: int, label_names: list[str] | None = None) -> Any:
@@ -77,7 +89,9 @@ def build(
     # Given the groupings, loading checks columns, missing values, labels and group counts of every split.
     groupings = groupings_of(args.group_by, args.eval_group_by)
     raw = load_raw_datasets(data_args, seed=data_args.data_seed_for_splits, groupings=groupings)
-    raw["train"] = augment_training_data(raw["train"], data_args)
+    if mitigations.needs_pairs and data_args.counterfactual_augmentation != "add":
+        raise ValueError(ERR_PAIRS_NEED_AUGMENTATION.format(method=args.penalty))
+    raw["train"] = augment_training_data(raw["train"], data_args, pair_ids=mitigations.needs_pairs)
     num_labels, label_names = _label_info(raw["train"])
     mitigations.check_task(num_labels, has_validation="validation" in raw)
     path = resolve_model_path(model_args.model_name_or_path)
@@ -146,6 +160,18 @@ def train_and_report(
             metrics[f"{split}_thresholds"] = {
                 k: v for name, r in results.items() for k, v in r.flat(f"{split}_{name}").items()
             }
+    flips = None
+    if "test" in data and data_args.text_column in data["test"].column_names:
+        # How often a prediction changes when only the identity terms of the text are swapped.
+        flips = counterfactual_flip_rate(
+            trainer,
+            data["test"],
+            word_pairs(data_args.counterfactual_word_lists),
+            data_args.text_column,
+            data_args.text_pair_column,
+            data_args.max_seq_length,
+        )
+        metrics["test"]["test_counterfactual_flip_rate"] = flips.rate
     if trainer.is_world_process_zero():
         run_info = {
             "model": model_args.model_name_or_path,
@@ -157,6 +183,9 @@ def train_and_report(
             "train_rows": len(data["train"]),
             **{f"{s}_rows": len(data[s]) for s in ("validation", "test") if s in data},
         }
+        if flips is not None:
+            lists = ", ".join(data_args.counterfactual_word_lists)
+            run_info[f"counterfactual_flip_rate (test; word lists: {lists})"] = flips.describe()
         write_report(splits, args.output_dir, run_info)
         audit = audit_dataset(
             data["train"],
@@ -175,6 +204,7 @@ def train_and_report(
             audit,
             splits,
             "test" if "test" in data else "validation",
+            flip_rate=None if flips is None else flips.describe(),
         )
         write_model_card(args.output_dir, card)
         with open(os.path.join(args.output_dir, "run_config.json"), "w") as f:

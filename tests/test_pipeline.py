@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import re
 
+import numpy as np
 import pytest
+import torch
 
 from fairtune import pipeline
 from fairtune.config import DataArguments, FairTrainingArguments, ModelArguments
@@ -98,3 +100,47 @@ def test_a_run_on_local_files_names_them_in_the_report_and_card(tmp_path, tokeni
     assert report["run"]["dataset"] == source
     card = (out / "README.md").read_text()
     assert source in card and "adult" not in card
+
+
+def test_flip_rate_counts_predictions_that_change_when_identity_terms_are_swapped(tmp_path, tokenizer):
+    import datasets
+    from conftest import tiny_bert
+
+    from fairtune import FairTrainer
+    from fairtune.data.counterfactual import WordPairs, counterfactual
+    from fairtune.evaluation import counterfactual_flip_rate
+
+    def gendered(n, seed):  # the label is the pronoun, with 10% noise: a model learns to read the pronoun
+        rng = np.random.default_rng(seed)
+        male = rng.random(n) < 0.5
+        job = rng.choice(["nurse", "engineer"], n)
+        rows = {
+            "text": [f"{'he' if m else 'she'} works as {j}" for m, j in zip(male, job, strict=True)],
+            "label": (male ^ (rng.random(n) < 0.1)).astype(int).tolist(),
+            "sex": np.where(male, "Male", "Female").tolist(),
+        }
+        return datasets.Dataset.from_dict(rows).map(lambda b: tokenizer(b["text"]), batched=True)
+
+    data, train = gendered(40, 2), gendered(200, 3)
+    options = dict(num_train_epochs=3, learning_rate=1e-2, per_device_train_batch_size=16, save_strategy="no")
+    args = FairTrainingArguments(output_dir=str(tmp_path / "o"), group_by="sex", report_to="none", **options)
+    trainer = FairTrainer(tiny_bert(), args, train_dataset=train, processing_class=tokenizer)
+    trainer.train()
+    pairs = WordPairs.builtin("gender")
+    flips = counterfactual_flip_rate(trainer, trainer.prepare_dataset(data, "test"), pairs, "text")
+
+    # Independent count: predict each text and its swapped text one at a time.
+    model = trainer.model.eval()
+
+    def predict(text):
+        encoded = tokenizer(text, return_tensors="pt")
+        with torch.no_grad():
+            return int(model(**encoded).logits.argmax(-1))
+
+    swapped = [counterfactual(t, pairs) for t in data["text"]]
+    changed = [predict(t) != predict(s) for t, (s, _) in zip(data["text"], swapped, strict=True)]
+    assert flips.rows == 40 and flips.swapped == 40  # every text says "he" or "she"
+    assert flips.flipped == sum(changed) and flips.rate == flips.flipped / 40
+    assert (
+        flips.flipped > 20
+    )  # the model reads the pronoun: most predictions flip, so the count is not vacuous

@@ -335,19 +335,28 @@ def encode_labels(raw: Any, column: str, sources: Mapping[str, str] | None = Non
     return raw.cast_column("label", datasets.ClassLabel(names=[str(v) for v in values]))
 
 
-def augment_training_data(train: Any, args: DataArguments) -> Any:
+def word_pairs(names: list[str]) -> Any:
+    """The merged ``WordPairs`` of built-in list names (``gender``) and word-list files."""
+    from fairtune.data.counterfactual import WordPairs
+
+    pairs = None
+    for name in names:
+        words = WordPairs.from_file(name) if os.path.isfile(name) else WordPairs.builtin(name)
+        pairs = words if pairs is None else pairs + words
+    return pairs
+
+
+def augment_training_data(train: Any, args: DataArguments, pair_ids: bool = False) -> Any:
     """Counterfactual augmentation and oversampling of the training split, as the data arguments ask.
 
-    Only training data changes: evaluation must measure the model on data as it comes.
+    Only training data changes: evaluation must measure the model on data as it comes. ``pair_ids`` gives
+    each original and its counterfactual copy one ``pair_id`` (for a consistency penalty; ``add`` mode).
     """
-    from fairtune.data.counterfactual import WordPairs, augment_counterfactual
+    from fairtune.data.counterfactual import augment_counterfactual
     from fairtune.data.oversampling import oversample
 
     if args.counterfactual_augmentation:
-        pairs = None
-        for name in args.counterfactual_word_lists:
-            words = WordPairs.from_file(name) if os.path.isfile(name) else WordPairs.builtin(name)
-            pairs = words if pairs is None else pairs + words
+        pairs = word_pairs(args.counterfactual_word_lists)
         swap = {}
         for item in args.counterfactual_swap_values:
             old, sep, new = item.partition(":")
@@ -363,6 +372,7 @@ def augment_training_data(train: Any, args: DataArguments) -> Any:
             mode=args.counterfactual_augmentation,
             share=args.counterfactual_share,
             text_pair_column=args.text_pair_column,
+            pair_ids=pair_ids,
         )
     if args.oversample_by:
         train = oversample(
