@@ -149,6 +149,31 @@ class FairTrainingArguments(TrainingArguments):
             "labelled tokens; per-group loss and stereotype benchmarks at evaluation)."
         },
     )
+    lm_monitor: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "causal_lm: stereotype benchmarks scored at every evaluation and logged as "
+            "eval_<benchmark>/<bias type>/<metric> (crows_pairs, stereoset, bbq, perplexity)."
+        },
+    )
+    lm_monitor_bias_types: list[str] = field(
+        default_factory=lambda: ["gender"],
+        metadata={"help": "causal_lm: the bias types the monitor scores (e.g. gender race religion)."},
+    )
+    lm_monitor_max_examples: int | None = field(
+        default=200,
+        metadata={"help": "causal_lm: a seeded subset per monitored benchmark, so evaluations stay short."},
+    )
+    lm_report_benchmarks: list[str] = field(
+        default_factory=lambda: ["crows_pairs", "stereoset", "bbq"],
+        metadata={
+            "help": "causal_lm: benchmarks of the final report, scored on the base model before training and "
+            "on the fine-tuned model after it (with held-out perplexity)."
+        },
+    )
+    lm_report_max_examples: int | None = field(
+        default=None, metadata={"help": "causal_lm: a seeded subset per benchmark of the final report."}
+    )
     group_by: str | None = field(
         default=None,
         metadata={

@@ -82,6 +82,11 @@ def build(
     """
     from transformers import AutoTokenizer, set_seed
 
+    if args.task == "causal_lm":
+        from fairtune.lm_pipeline import build_causal_lm
+
+        set_seed(args.seed)
+        return build_causal_lm(model_args, data_args, args)
     if not args.overwrite_output_dir and not args.resume_from_checkpoint:
         check_output_dir(args.output_dir)
     mitigations = Mitigations.from_args(args)  # unknown names and bad options fail before any data loads
@@ -133,6 +138,10 @@ def train_and_report(
     trainer: FairTrainer, data: Any, model_args: ModelArguments, data_args: DataArguments
 ) -> dict[str, Any]:
     """Train a built trainer, evaluate, and write the report (main process only)."""
+    if not trainer.is_classifier:
+        from fairtune.lm_pipeline import train_and_report_lm
+
+        return train_and_report_lm(trainer, data, model_args, data_args)
     args = trainer.args
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model()
