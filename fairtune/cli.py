@@ -450,10 +450,14 @@ def evaluate_lm_main(argv: Sequence[str] | None = None) -> None:
                     flag="--device", value=opts.device, valid="auto, cpu, cuda, cuda:N, mps"
                 )
             )
-        if opts.batch_size < 1:
-            raise ConfigError(
-                ERR_EVALUATE_LM_CHOICE.format(flag="--batch_size", value=opts.batch_size, valid=">= 1")
-            )
+        for flag, value, low in (
+            ("--batch_size", opts.batch_size, 1),
+            ("--bootstrap_samples", opts.bootstrap_samples, 0),
+        ):
+            if value < low:
+                raise ConfigError(
+                    ERR_EVALUATE_LM_CHOICE.format(flag=flag, value=value, valid=f"an integer >= {low}")
+                )
         from fairtune.lm import check_request
         from fairtune.lm.base import subset_indices
         from fairtune.lm.models import ALIASES
@@ -478,6 +482,10 @@ def evaluate_lm_main(argv: Sequence[str] | None = None) -> None:
         from fairtune.lm.models import load_causal_lm
 
         device = opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(
+                ERR_EVALUATE_LM_CHOICE.format(flag="--device", value=device, valid="auto, cpu (no CUDA here)")
+            )
         name = model_dir if looks_local else opts.model
         try:
             model, tokenizer = load_causal_lm(name, dtype=getattr(torch, opts.dtype), device=device)

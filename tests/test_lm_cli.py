@@ -13,7 +13,7 @@ import pytest
 from lm_helpers import tiny_model, word_tokenizer
 
 from fairtune import cli
-from fairtune.lm import BENCHMARKS, ERR_UNKNOWN_BENCHMARK
+from fairtune.lm import BENCHMARKS, ERR_NO_BENCHMARK, ERR_UNKNOWN_BENCHMARK
 from fairtune.lm.report import ERR_REPORT_EXISTS, REPORT_JSON, REPORT_MD
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +92,11 @@ def test_options_of_evaluate_lm_are_refused_elsewhere_and_checked(capsys, tmp_pa
         + cli.ERR_EVALUATE_LM_CHOICE.format(flag="--dtype", value="int8", valid="float32, bfloat16, float16")
         + "\n"
     )
+    for flag, value in (("--batch_size", "0"), ("--bootstrap_samples", "-1"), ("--max_examples", "0")):
+        code, err = _exit(capsys, ["evaluate-lm", "--model", "smollm2", "--output_dir", "o", flag, value])
+        assert code == 2 and flag.lstrip("-") in err, flag
+    code, err = _exit(capsys, ["evaluate-lm", "--model", "smollm2", "--output_dir", "o", "--benchmarks", ","])
+    assert err == "fairtune: error: " + ERR_NO_BENCHMARK.format(valid=", ".join(BENCHMARKS)) + "\n"
     code, err = _exit(capsys, ["evaluate-lm", "--model", "smollm2"])
     assert code == 2 and "--output_dir" in err
     code, err = _exit(

@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, tuple[str, str | None, str | None]] = {
     "perplexity": ("fairtune.lm.perplexity", None, None),
 }
 ERR_UNKNOWN_BENCHMARK = "unknown benchmark {name!r}; valid benchmarks: {valid}."
+ERR_NO_BENCHMARK = "no benchmark chosen; valid benchmarks: {valid}."
 
 _EXPORTS = {
     "load_causal_lm": "fairtune.lm.models",
@@ -43,7 +44,14 @@ _EXPORTS = {
     "run_benchmarks": "fairtune.lm.report",
     "write_report": "fairtune.lm.report",
 }
-__all__ = ["BENCHMARKS", "ERR_UNKNOWN_BENCHMARK", "check_benchmarks", "check_request", *_EXPORTS]
+__all__ = [
+    "BENCHMARKS",
+    "ERR_NO_BENCHMARK",
+    "ERR_UNKNOWN_BENCHMARK",
+    "check_benchmarks",
+    "check_request",
+    *_EXPORTS,
+]
 
 
 def check_benchmarks(names: list[str] | tuple[str, ...]) -> list[str]:
@@ -63,6 +71,8 @@ def check_request(benchmarks: list[str] | tuple[str, ...], bias_types: list[str]
     from fairtune.lm.base import resolve_categories
 
     names = check_benchmarks(benchmarks)
+    if not names:
+        raise ValueError(ERR_NO_BENCHMARK.format(valid=", ".join(BENCHMARKS)))
     for name in names:
         module = importlib.import_module(BENCHMARKS[name][0])
         if hasattr(module, "data_path"):

@@ -12,14 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from fairtune.lm import BENCHMARKS, check_request
+from fairtune.lm import check_request
 from fairtune.lm.base import resolve_categories
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 ERR_PERPLEXITY_TEXTS = "benchmark 'perplexity' needs perplexity_texts (held-out documents)."
-ERR_NO_BENCHMARKS = "StereotypeMonitor needs at least one benchmark; valid: {valid}."
 # Per-category metrics a monitor reports (reports keep every metric; a chart per metric is enough here).
 MONITORED = {
     "crows_pairs": ("pct_stereotype", "pct_stereotype_normalized", "likelihood_diff"),
@@ -61,8 +60,6 @@ class StereotypeMonitor:
 
         if isinstance(benchmarks, str):
             benchmarks = [b.strip() for b in benchmarks.split(",") if b.strip()]
-        if not benchmarks:
-            raise ValueError(ERR_NO_BENCHMARKS.format(valid=", ".join(BENCHMARKS)))
         self.bias_types = list(bias_types) if bias_types is not None else None
         # Names, data packages and categories are checked here, before training starts.
         self.benchmarks = check_request(list(benchmarks), self.bias_types)
