@@ -150,7 +150,10 @@ def score_pairs(
             attention = (
                 torch.arange(width)[None, :] < torch.tensor([len(s) - 1 for s in seqs])[:, None]
             ).long()
-            logits = model(input_ids=inputs.to(device), attention_mask=attention.to(device)).logits
+            # use_cache=False: one pass per batch, so a key/value cache would only cost memory.
+            logits = model(
+                input_ids=inputs.to(device), attention_mask=attention.to(device), use_cache=False
+            ).logits
             logits = logits.float()  # (B, T, V); bf16 log-softmax would round the sums
             token_logp = logits.gather(-1, labels.to(device)[..., None])[..., 0] - logits.logsumexp(-1)
             token_logp = token_logp.masked_fill(~scored.to(device), 0.0)
