@@ -137,7 +137,7 @@ def test_commands_refuse_other_commands_options(tmp_path, capsys):
         ("--audit_dir", "`fairtune audit-data`"),
         ("--split", "`fairtune audit-data` and `fairtune evaluate`"),
         ("--max", "`fairtune evaluate`"),
-        ("--model", "`fairtune evaluate`"),
+        ("--model", "`fairtune evaluate` and `fairtune evaluate-lm`"),
     ):
         code, out = _exit(capsys, ["train", "--config", str(cfg), flag, "x"])
         message = cli.ERR_OTHER_COMMAND_OPTION.format(flag=flag, owners=owners, command="train")
