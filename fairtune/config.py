@@ -171,6 +171,10 @@ class FairTrainingArguments(TrainingArguments):
             "on the fine-tuned model after it (with held-out perplexity)."
         },
     )
+    lm_report_bias_types: list[str] | None = field(
+        default_factory=lambda: ["gender"],
+        metadata={"help": "causal_lm: bias types of the final report; empty for every type and the overall."},
+    )
     lm_report_max_examples: int | None = field(
         default=None, metadata={"help": "causal_lm: a seeded subset per benchmark of the final report."}
     )

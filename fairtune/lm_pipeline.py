@@ -66,7 +66,7 @@ def build_causal_lm(
     if mitigations.needs_pairs and mode != "add":
         raise ValueError(ERR_PAIRS_NEED_CDA.format(method=args.penalty))
     monitored = check_request(args.lm_monitor, args.lm_monitor_bias_types) if args.lm_monitor else []
-    check_request(args.lm_report_benchmarks)
+    check_request(args.lm_report_benchmarks, args.lm_report_bias_types or None)
 
     pairs = word_pairs(data_args.counterfactual_word_lists)
     files = [f for f in (data_args.train_file, data_args.validation_file, data_args.test_file) if f]
@@ -142,6 +142,7 @@ def score_lm(trainer: FairTrainer, data: Any, name: str) -> Any:
         trainer.processing_class,
         [*args.lm_report_benchmarks, "perplexity"],
         model_name=name,
+        bias_types=args.lm_report_bias_types or None,
         max_examples=args.lm_report_max_examples,
         batch_size=args.per_device_eval_batch_size,
         seed=args.seed,
