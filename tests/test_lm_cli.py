@@ -144,3 +144,22 @@ def test_full_run_writes_the_report_and_never_replaces_it_silently(saved_model, 
     assert code == 2 and "--overwrite" in err and (out / REPORT_JSON).read_text() == before
     cli.main([*argv, "--overwrite", "--seed", "1"])
     assert json.loads((out / REPORT_JSON).read_text())["settings"]["seed"] == 1
+
+
+def test_gate_on_lm_metrics_checks_names_first_and_exits_1_on_failure(saved_model, tmp_path, capsys):
+    out = tmp_path / "gated"
+    argv = ["evaluate-lm", "--model", str(saved_model), "--output_dir", str(out), "--max_examples", "12"]
+    argv += ["--benchmarks", "crows_pairs", "--bias_types", "gender", "--bootstrap_samples", "0"]
+    argv += ["--device", "cpu"]
+    # A name the run cannot report is refused before the model loads: nothing is written.
+    code, err = _exit(capsys, [*argv, "--max", "crows_pairs/race/pct_stereotype=55"])
+    assert code == 2 and "Gate threshold names 'crows_pairs/race/pct_stereotype'" in err and not out.exists()
+    code, err = _exit(capsys, [*argv, "--max", "stereoset/gender/ss=55"])
+    assert code == 2 and "will not report" in err
+    # Bounds every score passes, then one no score can pass.
+    cli.main(
+        [*argv, "--max", "crows_pairs/gender/pct_stereotype=100", "--min", "crows_pairs/gender/n=0"][:-2]
+    )
+    assert "gate passed" in capsys.readouterr().out
+    code, err = _exit(capsys, [*argv, "--overwrite", "--max", "crows_pairs/gender/pct_stereotype=-1"])
+    assert code == 1 and "fairness gate failed: crows_pairs/gender/pct_stereotype" in err

