@@ -101,17 +101,9 @@ def build_causal_lm(
             perplexity_texts=data["validation"]["text"] if "perplexity" in monitored else None,
         )
     model, tokenizer = load_causal_lm(model_args.model_name_or_path)
-    if model_args.use_lora:
-        from peft import LoraConfig, TaskType, get_peft_model
+    from fairtune.pipeline import wrap_lora
 
-        lora = LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
-            r=model_args.lora_r,
-            lora_alpha=model_args.lora_alpha,
-            lora_dropout=model_args.lora_dropout,
-            target_modules=model_args.lora_target_modules,
-        )
-        model = get_peft_model(model, lora)
+    model = wrap_lora(model, model_args, "CAUSAL_LM")
 
     def encode(batch: dict[str, list[Any]]) -> Any:
         return tokenizer(batch["text"], truncation=True, max_length=data_args.max_seq_length)

@@ -48,18 +48,23 @@ def build_model(model_args: ModelArguments, num_labels: int, label_names: list[s
     model = AutoModelForSequenceClassification.from_pretrained(
         resolve_model_path(model_args.model_name_or_path), **kwargs
     )
-    if model_args.use_lora:
-        from peft import LoraConfig, TaskType, get_peft_model
+    return wrap_lora(model, model_args, "SEQ_CLS")
 
-        config = LoraConfig(
-            task_type=TaskType.SEQ_CLS,
-            r=model_args.lora_r,
-            lora_alpha=model_args.lora_alpha,
-            lora_dropout=model_args.lora_dropout,
-            target_modules=model_args.lora_target_modules,
-        )
-        model = get_peft_model(model, config)
-    return model
+
+def wrap_lora(model: Any, model_args: ModelArguments, task_type: str) -> Any:
+    """``model`` with LoRA adapters (peft) when ``model_args.use_lora``, else ``model`` unchanged."""
+    if not model_args.use_lora:
+        return model
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        task_type=TaskType[task_type],
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules,
+    )
+    return get_peft_model(model, config)
 
 
 def _label_info(dataset: Any) -> tuple[int, list[str] | None]:
