@@ -27,6 +27,7 @@ from typing import Any
 from fairtune.config import DataArguments, FairTrainingArguments, ModelArguments
 from fairtune.groups import GroupVocabulary
 from fairtune.mitigation import Mitigations
+from fairtune.model_card import render_lm_model_card, write_model_card
 from fairtune.trainer import FairTrainer, check_output_dir
 
 logger = logging.getLogger(__name__)
@@ -176,6 +177,10 @@ def train_and_report_lm(
         text = render_before_after(before.flat(), after.flat(), report["run"])
         with open(os.path.join(args.output_dir, LM_REPORT_MD), "w") as f:
             f.write(text)
+        card = render_lm_model_card(
+            model_args.model_name_or_path, report["run"], before_after_table(before.flat(), after.flat())
+        )
+        write_model_card(args.output_dir, card)
         with open(os.path.join(args.output_dir, "run_config.json"), "w") as f:
             config = {"model": asdict(model_args), "data": asdict(data_args)}
             json.dump(config | {"training": json.loads(args.to_json_string())}, f, indent=2)
@@ -192,17 +197,23 @@ def render_before_after(before: dict[str, float], after: dict[str, float], run: 
     """Markdown: the run's settings, then each headline metric before and after fine-tuning."""
     lines = ["# Causal-LM stereotype report", ""]
     lines += [f"- {k}: `{v}`" for k, v in run.items()] + [""]
-    lines += ["| metric | before | after | change |", "|---|---|---|---|"]
-    for key in sorted(before):
-        if key.split("/")[-1] not in HEADLINE_METRICS or key not in after:
-            continue
-        a, b = before[key], after[key]
-        change = "–" if math.isnan(a) or math.isnan(b) else f"{b - a:+.2f}"
-        lines.append(f"| {key} | {a:.2f} | {b:.2f} | {change} |")
+    lines += [before_after_table(before, after)]
     lines += [
         "",
         "CrowS-Pairs pct_stereotype and StereoSet SS are 50 for an unbiased model; LMS and ICAT are better "
         "higher; BBQ bias scores s_dis and s_amb are 0 for an unbiased model; perplexity is on the held-out "
         "test sentences.",
     ]
+    return "\n".join(lines)
+
+
+def before_after_table(before: dict[str, float], after: dict[str, float]) -> str:
+    """Markdown table of each headline metric (``benchmark/category/metric``) before, after and the change."""
+    lines = ["| metric | before | after | change |", "|---|---|---|---|"]
+    for key in sorted(before):
+        if key.split("/")[-1] not in HEADLINE_METRICS or key not in after:
+            continue
+        a, b = before[key], after[key]
+        change = "–" if math.isnan(a) or math.isnan(b) else f"{b - a:+.2f}"
+        lines.append(f"| {key} | {a:.2f} | {b:.2f} | {change} |")
     return "\n".join(lines)

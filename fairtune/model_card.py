@@ -96,3 +96,37 @@ def write_model_card(output_dir: str, text: str) -> str:
     with open(path, "w") as f:
         f.write(text)
     return path
+
+
+def render_lm_model_card(base_model: str, run: dict[str, Any], table: str) -> str:
+    """Model card of a causal-LM run: metadata, what was done, and the stereotype scores before and after.
+
+    ``table`` is the Markdown table of ``fairtune.lm_pipeline.before_after_table``.
+    """
+    front = ["---", "library_name: transformers", "pipeline_tag: text-generation"]
+    if not os.path.isdir(base_model) and base_model != "smollm2":
+        front.append(f"base_model: {base_model}")
+    front += ["tags:", "- fairtune", "- fairness", "- debiasing", "---", MARKER, ""]
+    lines = [*front, "# Model card", ""]
+    lines += [
+        f"Fine-tuned from `{base_model}` with fairtune's `FairTrainer` (causal LM), tracking which side of "
+        f"the word lists {run.get('word_lists')} each training sentence mentions (`{run.get('group_by')}`).",
+        "",
+        "## Fairness",
+        "",
+        f"- Mitigation during training: {run.get('mitigation')}",
+        f"- Counterfactual data augmentation: {run.get('counterfactual_augmentation')}",
+        f"- Training rows: {run.get('train_rows')}",
+        "",
+        "### Stereotype benchmarks, before and after fine-tuning",
+        "",
+        table,
+        "",
+        "### Limitations",
+        "",
+        "Stereotype benchmarks measure preferences between sentence pairs or answers in English and in the",
+        "categories they cover; a score near 50 (CrowS-Pairs, StereoSet SS) or 0 (BBQ) on them does not show",
+        "that the model is free of bias elsewhere. Scores on subsets have wide intervals.",
+        "",
+    ]
+    return "\n".join(lines)

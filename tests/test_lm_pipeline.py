@@ -89,6 +89,8 @@ def test_lm_run_trains_with_cda_and_consistency_and_reports_before_and_after(tmp
     assert out["before"]["perplexity"] > 0
     text = (tmp_path / "out" / "lm_report.md").read_text()
     assert "| perplexity |" in text
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "pipeline_tag: text-generation" in card and "| crows_pairs/gender/pct_stereotype |" in card
 
 
 def test_lm_run_refuses_bad_input_before_the_model_loads(tmp_path, lm_setup, monkeypatch):
