@@ -12,7 +12,10 @@ Suite keys:
   name, results (path of the JSONL file), seeds (list)
   datasets: {key: {kind: tabular, name: adult|compas, group_by, epochs, batch_size, learning_rate, hidden,
                    max_steps, training: {any FairTrainingArguments field, e.g. bf16: true}}
-             | {kind: text, config: configs/quickstart.yaml, overrides: {key: value}}}
+             | {kind: text, config: configs/quickstart.yaml, overrides: {key: value}}
+             | {kind: lm, config: configs/lm_quickstart.yaml, overrides: {key: value}}}
+  An lm run fine-tunes the causal LM and records its stereotype scores and held-out perplexity after
+  training (the config's lm_report_* keys); a method's args may set a key to null (e.g. no augmentation).
   methods: [{name, args: {FairTrainingArguments fields}, sweep: {field: [values]}}]
   peers: [expgrad_dp, expgrad_eo, threshold_optimizer_dp, threshold_optimizer_eo]   (tabular only)
 """
@@ -43,7 +46,8 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 HEADLINE = ("accuracy", "demographic_parity_difference", "equalized_odds_difference", "worst_group_accuracy")
 PEERS = ("expgrad_dp", "expgrad_eo", "threshold_optimizer_dp", "threshold_optimizer_eo")
 ERR_SUITE_KEY = "Suite {path}: missing key {key!r}."
-ERR_DATASET_KIND = "Suite dataset {key!r}: kind must be 'tabular' or 'text'; got {kind!r}."
+ERR_DATASET_KIND = "Suite dataset {key!r}: kind must be 'tabular', 'text' or 'lm'; got {kind!r}."
+KINDS = ("tabular", "text", "lm")
 ERR_PEER = "Unknown peer {name!r}; valid peers: {valid}."
 
 
@@ -75,7 +79,7 @@ def load_suite(path: str) -> dict[str, Any]:
         if key not in suite:
             raise ValueError(ERR_SUITE_KEY.format(path=path, key=key))
     for key, spec in suite["datasets"].items():
-        if spec.get("kind") not in ("tabular", "text"):
+        if spec.get("kind") not in KINDS:
             raise ValueError(ERR_DATASET_KIND.format(key=key, kind=spec.get("kind")))
     for peer in suite.get("peers", []):
         if peer not in PEERS:
@@ -205,6 +209,37 @@ def run_text(spec: dict[str, Any], run: dict[str, Any], workdir: str) -> dict[st
     return _evaluate(trainer, data["test"], args.group_by)
 
 
+def run_lm(spec: dict[str, Any], run: dict[str, Any], workdir: str) -> dict[str, float]:
+    """Fine-tune a causal LM as the config and the method say; its scores after training, flat keys."""
+    import torch
+
+    from fairtune.config import parse_config
+    from fairtune.lm_pipeline import score_lm
+    from fairtune.pipeline import build
+
+    argv = ["--config", str(REPO / spec["config"]), "--output_dir", workdir, "--overwrite_output_dir", "true"]
+    settings = {**spec.get("overrides", {}), **run["params"], "seed": run["seed"], "disable_tqdm": True}
+    settings.setdefault("use_cpu", not torch.cuda.is_available())
+    # A flag cannot say null or an empty list: those keys are set on the parsed arguments instead (no
+    # augmentation, no penalty, no monitor).
+    unset = {key: value for key, value in settings.items() if value is None or value == []}
+    for key, value in settings.items():
+        if key not in unset:
+            argv += [f"--{key}", *[str(v) for v in (value if isinstance(value, list) else [value])]]
+    model_args, data_args, args = parse_config(argv)
+    for key, value in unset.items():
+        target = next((t for t in (model_args, data_args, args) if hasattr(t, key)), None)
+        if target is None:
+            raise ValueError(f"Suite run {run_key(run)}: {key!r} is not a config key.")
+        setattr(target, key, value)
+    trainer, data = build(model_args, data_args, args)
+    quiet(trainer)
+    trainer.train()
+    metrics = trainer.evaluate(data["test"], metric_key_prefix="test")
+    scores = score_lm(trainer, data, model_args.model_name_or_path).flat()
+    return {**scores, **{k: v for k, v in metrics.items() if "/" in k or k == "test_perplexity"}}
+
+
 def quiet(trainer: Any) -> None:
     """No per-log printing: the suite's progress bar is the terminal view; rows hold the numbers."""
     from transformers.trainer_callback import PrinterCallback
@@ -301,7 +336,7 @@ def run_suite(opts: argparse.Namespace) -> None:
         spec = suite["datasets"][run["dataset"]]
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as workdir:
-            runner = run_tabular if spec["kind"] == "tabular" else run_text
+            runner = {"tabular": run_tabular, "text": run_text, "lm": run_lm}[spec["kind"]]
             metrics = runner(spec, run, workdir)
         row = {
             **run,

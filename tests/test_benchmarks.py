@@ -72,3 +72,54 @@ def test_text_dataset_runs_through_the_runner(tmp_path):
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     assert [r["method"] for r in rows] == ["thresholds_dp", "adversary"]
     assert all(0 < r["accuracy"] <= 1 and r["dataset"] == "adult_text" for r in rows)
+
+
+def test_lm_dataset_runs_through_the_runner(tmp_path):
+    """The causal-LM path of the runner on a tiny saved model and a local corpus: no method and CDA with
+    the consistency penalty, a null in a method's args, stereotype scores in the rows."""
+    import yaml
+    from lm_helpers import tiny_model, word_tokenizer
+
+    run = _load("run")
+    sentences = ["He works as an engineer.", "She works as a nurse.", "The cat sat on the mat."] * 8
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"{s} Row {i}." for i, s in enumerate(sentences)))
+    words = [
+        *sentences,
+        "she he woman man women men people poor rich",
+        " ".join(f"Row {i}" for i in range(30)),
+    ]
+    tokenizer = word_tokenizer(words)
+    model_dir = tmp_path / "tiny"
+    tiny_model(len(tokenizer)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    overrides = {
+        "model_name_or_path": str(model_dir),
+        "use_lora": False,
+        "train_file": str(corpus),
+        "max_steps": 2,
+        "lm_monitor": [],
+        "eval_strategy": "no",
+        "lm_report_benchmarks": ["crows_pairs"],
+        "lm_report_max_examples": 6,
+        "max_eval_samples": 4,
+        "max_test_samples": 4,
+    }
+    suite = {
+        "name": "lm_tiny",
+        "results": str(tmp_path / "lm.jsonl"),
+        "seeds": [0],
+        "datasets": {"tiny": {"kind": "lm", "config": "configs/lm_quickstart.yaml", "overrides": overrides}},
+        "methods": [
+            {"name": "none", "args": {"counterfactual_augmentation": None, "penalty": None}},
+            {"name": "cda_consistency", "args": {"counterfactual_augmentation": "add"}},
+        ],
+    }
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    run.main(["--suite", str(path)])
+    rows = [json.loads(line) for line in (tmp_path / "lm.jsonl").read_text().splitlines()]
+    assert [r["method"] for r in rows] == ["none", "cda_consistency"]
+    for row in rows:
+        assert 0 <= row["crows_pairs/gender/pct_stereotype"] <= 100 and row["perplexity"] > 1
+        assert "test_gender/male/loss" in row
