@@ -31,6 +31,11 @@ from fairtune.trainer import FairTrainer, check_output_dir
 
 logger = logging.getLogger(__name__)
 
+ERR_TASK_MODEL = (
+    "task is {task!r}, but model_name_or_path {model!r} is {kind}; set task: {other}, or name a model for "
+    "{task} (classification: an encoder such as minilm; causal_lm: a causal LM such as smollm2)."
+)
+CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 ERR_PAIRS_NEED_AUGMENTATION = (
     "penalty {method!r} compares each training row with its counterfactual copy: set "
     "counterfactual_augmentation: add (the copies and their pair ids are made from the training text)."
@@ -76,6 +81,30 @@ def _label_info(dataset: Any) -> tuple[int, list[str] | None]:
     return max(2, int(max(dataset["label"])) + 1), None
 
 
+def check_model_for_task(name: str, task: str) -> None:
+    """Refuse a causal LM for classification and the reverse, from the alias or the saved config (no weights
+    load); a Hub name is checked by the trainer once the model is built."""
+    from fairtune.config import DEFAULT_MODEL
+    from fairtune.lm.models import ALIASES
+
+    if name.lower() in ALIASES:
+        causal = True
+    elif name == DEFAULT_MODEL:
+        causal = False
+    elif os.path.isfile(os.path.join(name, "config.json")):
+        with open(os.path.join(name, "config.json")) as f:
+            architectures = json.load(f).get("architectures") or []
+        if not architectures:
+            return
+        causal = any(a.endswith(CAUSAL_LM_SUFFIXES) for a in architectures)
+    else:
+        return
+    if causal != (task == "causal_lm"):
+        kind = "a causal language model" if causal else "not a causal language model"
+        other = "causal_lm" if causal else "classification"
+        raise ValueError(ERR_TASK_MODEL.format(task=task, model=name, kind=kind, other=other))
+
+
 def build(
     model_args: ModelArguments, data_args: DataArguments, args: FairTrainingArguments
 ) -> tuple[FairTrainer, Any]:
@@ -87,6 +116,7 @@ def build(
     """
     from transformers import AutoTokenizer, set_seed
 
+    check_model_for_task(model_args.model_name_or_path, args.task)
     if args.task == "causal_lm":
         from fairtune.lm_pipeline import build_causal_lm
 

@@ -119,3 +119,23 @@ def test_lm_run_refuses_bad_input_before_the_model_loads(tmp_path, lm_setup, mon
     with pytest.raises(ValueError, match="no column 'race'"):
         pipeline.build(model_args, data, _args(tmp_path, group_by="race"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_causal_lm_for_classification_and_the_reverse_are_refused_before_loading(tmp_path, lm_setup):
+    from conftest import tiny_bert
+
+    from fairtune.pipeline import check_model_for_task
+
+    _, lm_dir = lm_setup
+    classifier_dir = tmp_path / "classifier"
+    tiny_bert().save_pretrained(classifier_dir)
+    with pytest.raises(ValueError, match="task is 'classification', but model_name_or_path .* is a causal"):
+        check_model_for_task(str(lm_dir), "classification")
+    with pytest.raises(ValueError, match="task is 'causal_lm', but .* is not a causal language model"):
+        check_model_for_task(str(classifier_dir), "causal_lm")
+    with pytest.raises(ValueError, match="set task: causal_lm"):
+        check_model_for_task("smollm2", "classification")
+    with pytest.raises(ValueError, match="set task: classification"):
+        check_model_for_task("minilm", "causal_lm")
+    check_model_for_task(str(lm_dir), "causal_lm")
+    check_model_for_task("someone/some-hub-model", "classification")  # checked once built
