@@ -12,10 +12,17 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback, Tra
 MITIGATION_STATE_FILE = "mitigation_state.pt"
 
 
+# Stereotype-benchmark headlines (eval_<benchmark>/<bias type>/<metric>) stay on the terminal too.
+HEADLINE_LM_METRICS = ("/pct_stereotype", "/ss", "/lms", "/icat", "/s_dis", "/s_amb")
+
+
 def compact_logs(logs: dict[str, Any] | None) -> dict[str, Any]:
-    """The keys of a log worth a terminal line: gaps and losses, not per-group stats or intervals."""
+    """The keys of a log worth a terminal line: gaps, losses and stereotype headlines, not per-group stats
+    or intervals."""
     return {
-        k: v for k, v in (logs or {}).items() if k.count("/") < 2 and not k.endswith(("_ci_low", "_ci_high"))
+        k: v
+        for k, v in (logs or {}).items()
+        if (k.count("/") < 2 or k.endswith(HEADLINE_LM_METRICS)) and not k.endswith(("_ci_low", "_ci_high"))
     }
 
 
