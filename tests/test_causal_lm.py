@@ -130,3 +130,19 @@ def test_task_and_model_must_agree_and_methods_must_fit_the_task(tmp_path, token
     with pytest.raises(ValueError, match=re.escape(message)):
         FairTrainer(tiny_lm(len(tokenizer)), lm_args(tmp_path), train_dataset=lm_data, mitigations=[penalty])
     assert not (tmp_path / "out").exists()
+
+
+def test_console_keeps_gaps_and_stereotype_headlines_but_not_per_group_keys():
+    from fairtune.callbacks import compact_logs
+
+    logs = {
+        "eval_crows_pairs/gender/pct_stereotype": 55.0,
+        "eval_crows_pairs/gender/likelihood_diff": 1.0,
+        "eval_gender/male/loss": 3.0,
+        "eval_gender/loss_difference": 0.2,
+        "eval_sex/demographic_parity_difference_ci_low": 0.1,
+    }
+    assert compact_logs(logs) == {
+        "eval_crows_pairs/gender/pct_stereotype": 55.0,
+        "eval_gender/loss_difference": 0.2,
+    }
