@@ -163,12 +163,14 @@ def _encode_groups(sensitive_features: ArrayLike, num_samples: int) -> tuple[np.
     lexicographic order), without the row sort that dominated: each column is encoded in O(N) where its
     values allow (`_encode_column`), and the K codes are folded into one dense id column by column.
     """
-    values = to_numpy(sensitive_features)
-    if values.ndim == 1:
-        values = values[:, None]
-    if values.ndim != 2 or values.shape[0] != num_samples:
-        raise ValueError(ERR_SENSITIVE_SHAPE.format(shape=values.shape))
-    columns = [_encode_column(values[:, k]) for k in range(values.shape[1])]
+    columns = _encode_string_frame(sensitive_features, num_samples)
+    if columns is None:
+        values = to_numpy(sensitive_features)
+        if values.ndim == 1:
+            values = values[:, None]
+        if values.ndim != 2 or values.shape[0] != num_samples:
+            raise ValueError(ERR_SENSITIVE_SHAPE.format(shape=values.shape))
+        columns = [_encode_column(values[:, k]) for k in range(values.shape[1])]
     uniques, ids = columns[0]
     # keys (G, k): for each dense id, the code of each column folded so far, in increasing (lexicographic)
     # order of those code tuples, which is np.unique(axis=0)'s row order.
@@ -183,6 +185,47 @@ def _encode_groups(sensitive_features: ArrayLike, num_samples: int) -> tuple[np.
     return ids, names
 
 
+def _encode_string_frame(features: ArrayLike, num_samples: int) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """`_encode_column` of each column of a pandas Series / DataFrame of strings, without ``to_numpy``;
+    None for anything else.
+
+    ``DataFrame.to_numpy`` copies every row into one object array (most of the time for string columns);
+    columns that hold only strings come out of it unchanged, so encoding each column in place gives the
+    same classes and names. Other columns can change there (int and float columns become floats, missing
+    strings NaN), so they take the ``to_numpy`` path.
+    """
+    if not (hasattr(features, "to_numpy") and hasattr(features, "iloc") and hasattr(features, "dtypes")):
+        return None  # not pandas (checked without importing it)
+    import pandas as pd  # installed with `datasets`
+
+    if isinstance(features, pd.Series):
+        columns = [features]
+    elif isinstance(features, pd.DataFrame) and features.shape[1] > 0:
+        columns = [features.iloc[:, k] for k in range(features.shape[1])]
+    else:
+        return None
+    for column in columns:
+        strings = isinstance(column.dtype, pd.StringDtype) or (
+            column.dtype == object and pd.api.types.infer_dtype(column, skipna=False) == "string"
+        )
+        if len(column) != num_samples or not strings or column.isna().any():
+            return None
+    return [_factorize_strings(column) for column in columns]
+
+
+def _factorize_strings(column: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) strings (numpy or pandas) -> (sorted unique values (U,) object, ids (N,) int64).
+
+    Hashes the N values once, then sorts only the U distinct strings, where np.unique would sort all N
+    objects. Strings compare exactly, so the classes and their order are np.unique's.
+    """
+    import pandas as pd
+
+    codes, distinct = pd.factorize(column, use_na_sentinel=False)
+    uniques, rank = np.unique(np.asarray(distinct, dtype=object), return_inverse=True)
+    return uniques, rank.reshape(-1).astype(np.int64)[codes]
+
+
 def _encode_column(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N,) hashable values -> (sorted unique values (U,), ids (N,) int64), as ``np.unique(column,
     return_inverse=True)`` returns them."""
@@ -193,11 +236,7 @@ def _encode_column(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
         inferred = pd.api.types.infer_dtype(column, skipna=False)
         if inferred == "string":
-            # Hash the N values once, then sort only the U distinct strings: np.unique would sort all N
-            # objects. Strings compare exactly, so the classes and their order are np.unique's.
-            codes, distinct = pd.factorize(column, use_na_sentinel=False)
-            uniques, rank = np.unique(np.asarray(distinct, dtype=object), return_inverse=True)
-            return uniques, rank.reshape(-1).astype(np.int64)[codes]
+            return _factorize_strings(column)
         if inferred in ("integer", "boolean") and column.dtype.kind == "O":
             # e.g. the int column of a DataFrame that also holds strings: str() of the values is unchanged.
             try:

@@ -69,6 +69,18 @@ def test_fairtune_paths_match_metric_frame(
     assert reference["demographic_parity_difference"] > 0 and reference["equalized_odds_difference"] > 0
 
 
+@pytest.mark.parametrize("num_groups", [3, 16, 17])
+def test_array_functions_match_metric_frame(bench: ModuleType, num_groups: int) -> None:
+    labels, preds, groups = bench.make_data(5000, num_groups, seed=1)
+    reference = bench.metric_frame_values(*bench.metric_frame(labels, preds, groups))
+    assert bench.compare(bench.fairtune_values(bench.fairtune_arrays(labels, preds, groups)), reference) == []
+    columns, group_id = bench.string_columns(groups, num_groups)
+    assert columns.shape == (5000, 2) and all(columns[c].str.len().nunique() == 1 for c in columns)
+    result = bench.fairtune_arrays(labels, preds, columns)
+    assert all("," in name for name in result.by_group)
+    assert bench.compare(bench.fairtune_values(result, group_id), reference) == []
+
+
 def test_metric_frame_gaps_equal_fairlearn_functions(bench: ModuleType, data: tuple) -> None:
     labels, preds, groups = data
     _, dp, eo = bench.metric_frame(labels, preds, groups)
@@ -96,12 +108,26 @@ def test_main_prints_table(bench: ModuleType, capsys: pytest.CaptureFixture[str]
     table = [line for line in out.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in table[0].strip("|").split("|")]
     assert header == list(bench.COLUMNS)
-    assert header[:4] == ["rows", "fairtune streaming", "fairtune one-shot", "MetricFrame"]
-    assert any("MetricFrame /" in cell for cell in header) and any("rows/s" in cell for cell in header)
+    assert header[:6] == [
+        "rows",
+        "fairtune streaming",
+        "fairtune one-shot",
+        "metric_frame",
+        "metric_frame 2 str cols",
+        "MetricFrame",
+    ]
+    assert [cell for cell in header if cell.startswith("MetricFrame /")] == [
+        "MetricFrame / streaming",
+        "MetricFrame / one-shot",
+        "MetricFrame / metric_frame",
+        "MetricFrame / 2 str cols",
+    ]
+    assert sum(cell.startswith("rows/s") for cell in header) == 5
     assert set(table[1]) <= set("|-")
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]]
     assert [row[0] for row in rows] == ["2,000", "3,000"]
     assert all(len(row) == len(header) for row in rows)
+    assert all(row[i].endswith("x") for row in rows for i in range(6, 10))
     assert "3 groups" in out and "torch threads" in out and "fairlearn" in out
 
 
@@ -196,6 +222,53 @@ def test_group_encoding_of_other_containers(kind: str) -> None:
     expected_ids, expected_names = unique_encode(values)
     assert names == expected_names
     np.testing.assert_array_equal(ids, expected_ids)
+
+
+def pandas_cases() -> dict[str, object]:
+    words = CASES["str"]
+    small = CASES["int64 small range"]
+    return {
+        "str series": pd.Series(words, dtype="str"),
+        "python-storage string series": pd.Series(words, dtype=pd.StringDtype("python")),
+        "object str frame": pd.DataFrame({"x": words.astype(object), "y": words[::-1].astype(object)}),
+        "string frame": pd.DataFrame({"x": words, "y": np.roll(words, 7)}, dtype="str"),
+        "string and object str columns": pd.DataFrame(
+            {"x": pd.Series(words, dtype="str"), "y": words[::-1].astype(object)}
+        ),
+        # The to_numpy path: these columns change there (ints become floats: "3.0").
+        "int and float columns": pd.DataFrame({"x": small, "y": small * 0.5}),
+        "int and str columns": pd.DataFrame({"x": small, "y": pd.Series(words, dtype="str")}),
+        "category": pd.Series(words, dtype="category"),
+        "empty string frame": pd.DataFrame({"x": words[:0], "y": words[:0]}, dtype="str"),
+    }
+
+
+@pytest.mark.parametrize("case", list(pandas_cases()))
+def test_group_encoding_of_pandas_matches_unique_encoding_of_to_numpy(case: str) -> None:
+    features = pandas_cases()[case]
+    ids, names = ff._encode_groups(features, len(features))
+    expected_ids, expected_names = unique_encode(features.to_numpy())
+    assert names == expected_names
+    np.testing.assert_array_equal(ids, expected_ids)
+    assert ids.dtype == np.int64
+    # String columns skip DataFrame.to_numpy (its row copy is most of the cost); the others must not.
+    in_place = ("int" not in case) and case != "category"
+    assert (ff._encode_string_frame(features, len(features)) is not None) == in_place
+
+
+def test_missing_string_in_a_frame_refused_as_before() -> None:
+    # to_numpy turns the missing string into NaN, which np.unique cannot order among strings.
+    frame = pd.DataFrame({"x": ["a", None, "b"], "y": ["c", "d", "e"]}, dtype="str")
+    with pytest.raises(TypeError):
+        unique_encode(frame.to_numpy())
+    with pytest.raises(TypeError):
+        ff._encode_groups(frame, 3)
+
+
+def test_frame_of_wrong_length_refused() -> None:
+    frame = pd.DataFrame({"x": ["a", "b"]}, dtype="str")
+    with pytest.raises(ValueError, match=re.escape(ff.ERR_SENSITIVE_SHAPE.format(shape=(2, 1)))):
+        ff._encode_groups(frame, 3)
 
 
 def test_unsortable_groups_still_refused_by_numpy() -> None:
