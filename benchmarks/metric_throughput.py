@@ -1,4 +1,4 @@
-"""Per-group metric throughput: fairtune's streaming `GroupStats` against fairlearn's `MetricFrame`.
+"""Per-group metric throughput: fairtune's `GroupStats` and array functions against fairlearn's `MetricFrame`.
 
     python benchmarks/metric_throughput.py [--sizes 1000000 10000000] [--groups 16] [--repeats 3]
         [--chunk 65536] [--seed 0] [--threads N]
@@ -9,6 +9,12 @@ with Zipf-like group sizes and group-dependent base and error rates. Timed, per 
 * fairtune streaming: `GroupStats(2, G)` fed `--chunk` rows per `update(..., preds=...)` as an evaluation
   loop would, then `compute(group_names)`;
 * fairtune one-shot: the same with one `update` over all rows;
+* metric_frame: `fairtune.functional.metric_frame(labels, preds, sensitive_features=groups)`, the array
+  function behind `demographic_parity_difference` and friends (group encoding, counts and every gap);
+* metric_frame 2 str cols: the same with the groups given as a pandas DataFrame of two string columns
+  whose intersection is the G groups (group g is ("a" + g // r, "b" + g % r), r = ceil(sqrt(G)), zero-padded
+  so the sorted names keep the ids' order): the intersectional path. MetricFrame is not run on these
+  columns; its ratio is to MetricFrame on the ids, the same groups and numbers;
 * MetricFrame: `MetricFrame(metrics={selection_rate, accuracy, true_positive_rate, false_positive_rate},
   sensitive_features=groups)`, `.by_group` and `.difference()`; the demographic parity difference is the
   selection rate difference and the equalized odds difference the larger of the TPR and FPR differences,
@@ -26,6 +32,7 @@ busy, torch's intra-op threads wait on each other and small tensor ops slow down
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -41,6 +48,7 @@ import torch
 from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
 from sklearn.metrics import accuracy_score
 
+from fairtune import functional
 from fairtune.metrics import GroupResult, GroupStats
 
 TOLERANCE = 1e-9
@@ -58,17 +66,20 @@ METRICS: dict[str, Callable[..., float]] = {
     "true_positive_rate": true_positive_rate,
     "false_positive_rate": false_positive_rate,
 }
-METHODS = ("fairtune streaming", "fairtune one-shot", "MetricFrame")
+FAIRTUNE = ("fairtune streaming", "fairtune one-shot", "metric_frame", "metric_frame 2 str cols")
+METHODS = (*FAIRTUNE, "MetricFrame")
+SHORT = {
+    "fairtune streaming": "streaming",
+    "fairtune one-shot": "one-shot",
+    "metric_frame": "metric_frame",
+    "metric_frame 2 str cols": "2 str cols",
+    "MetricFrame": "MetricFrame",
+}
 COLUMNS = (
     "rows",
-    "fairtune streaming",
-    "fairtune one-shot",
-    "MetricFrame",
-    "MetricFrame / streaming",
-    "MetricFrame / one-shot",
-    "rows/s streaming",
-    "rows/s one-shot",
-    "rows/s MetricFrame",
+    *METHODS,
+    *(f"MetricFrame / {SHORT[m]}" for m in FAIRTUNE),
+    *(f"rows/s {SHORT[m]}" for m in METHODS),
 )
 
 # {"groups": [id, ...], stat: (G,) array, gap: float}: one library's results in a comparable form.
@@ -108,6 +119,26 @@ def fairtune_one_shot(
     return stats.compute(group_names)
 
 
+def fairtune_arrays(labels: np.ndarray, preds: np.ndarray, sensitive_features: Any) -> GroupResult:
+    """`fairtune.functional.metric_frame` on numpy arrays: group encoding, counts and gaps in one call."""
+    return functional.metric_frame(labels, preds, sensitive_features=sensitive_features)
+
+
+def string_columns(groups: np.ndarray, num_groups: int) -> tuple[pd.DataFrame, Callable[[str], int]]:
+    """The ids as two string columns whose intersection is the groups, and a map from the intersection's
+    name ("a01,b02") back to the id. Zero padding keeps the names' sorted order that of the ids."""
+    radix = math.isqrt(num_groups - 1) + 1  # ceil(sqrt(G)): r * r >= G
+    width = len(str(radix - 1))
+    first, second = ([f"{p}{i:0{width}d}" for i in range(radix)] for p in "ab")
+    frame = pd.DataFrame({"a": np.array(first)[groups // radix], "b": np.array(second)[groups % radix]})
+
+    def group_id(name: str) -> int:
+        a, b = name.split(",")
+        return int(a[1:]) * radix + int(b[1:])
+
+    return frame, group_id
+
+
 def metric_frame(
     labels: np.ndarray, preds: np.ndarray, groups: np.ndarray
 ) -> tuple[pd.DataFrame, float, float]:
@@ -120,10 +151,10 @@ def metric_frame(
     return by_group, float(diff["selection_rate"]), float(eo)
 
 
-def fairtune_values(result: GroupResult) -> Values:
-    """Comparable values from a `GroupStats.compute` result whose groups are named by their ids."""
+def fairtune_values(result: GroupResult, group_id: Callable[[str], int] = int) -> Values:
+    """Comparable values from a `GroupStats.compute` result; `group_id` maps a group's name to its id."""
     by_group = result.by_group
-    values: Values = {"groups": [int(name) for name in by_group]}
+    values: Values = {"groups": [group_id(name) for name in by_group]}
     for stat in RATES:
         values[stat] = np.array([group[stat] for group in by_group.values()], dtype=np.float64)
     values.update({gap: float(result.gaps[gap]) for gap in GAPS})
@@ -187,13 +218,11 @@ def format_table(rows: list[dict[str, float]]) -> str:
     """Markdown table, one line per size, from {"rows": n, method: median seconds} dicts."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
-        n = row["rows"]
-        stream, one_shot, frame = (row[m] for m in METHODS)
+        n, frame = row["rows"], row["MetricFrame"]
         cells = [
             f"{n:,}",
             *(f"{row[m] * 1e3:.1f} ms" for m in METHODS),
-            f"{frame / stream:.1f}x",
-            f"{frame / one_shot:.1f}x",
+            *(f"{frame / row[m]:.1f}x" for m in FAIRTUNE),
             *(f"{n / row[m]:,.0f}" for m in METHODS),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -206,19 +235,23 @@ def benchmark_size(size: int, opts: argparse.Namespace) -> dict[str, float]:
     # from_numpy shares memory: an evaluation loop already holds tensors, so conversion is not timed.
     labels_t, preds_t, groups_t = (torch.from_numpy(a) for a in (labels, preds, groups))
     names = [str(g) for g in range(opts.groups)]
+    columns, column_group_id = string_columns(groups, opts.groups)
     calls: dict[str, Callable[[], Any]] = {
         "fairtune streaming": lambda: fairtune_streaming(labels_t, preds_t, groups_t, names, opts.chunk),
         "fairtune one-shot": lambda: fairtune_one_shot(labels_t, preds_t, groups_t, names),
+        "metric_frame": lambda: fairtune_arrays(labels, preds, groups),
+        "metric_frame 2 str cols": lambda: fairtune_arrays(labels, preds, columns),
         "MetricFrame": lambda: metric_frame(labels, preds, groups),
     }
+    group_ids = {name: int for name in FAIRTUNE} | {"metric_frame 2 str cols": column_group_id}
 
     # The warm-up call of each method doubles as the correctness check, before any timing.
     warm = {name: call() for name, call in calls.items()}
     reference = metric_frame_values(*warm["MetricFrame"])
     problems = [
         f"{name}: {problem}"
-        for name in METHODS[:2]
-        for problem in compare(fairtune_values(warm[name]), reference)
+        for name in FAIRTUNE
+        for problem in compare(fairtune_values(warm[name], group_ids[name]), reference)
     ]
     if problems:
         raise SystemExit(f"{size:,} rows: fairtune and MetricFrame disagree:\n" + "\n".join(problems))
@@ -260,7 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{opts.groups} groups, streaming chunk {opts.chunk:,} rows, median of {opts.repeats} repeats after "
         "a warm-up; values checked equal (1e-9) first. MetricFrame time: MetricFrame(...) + .by_group + "
-        ".difference() (DP = selection-rate difference, EO = max of TPR and FPR differences).\n"
+        ".difference() (DP = selection-rate difference, EO = max of TPR and FPR differences), on the group "
+        "ids. metric_frame: fairtune.functional.metric_frame on the ids; 2 str cols: on a DataFrame of two "
+        "string columns intersecting to the same groups.\n"
     )
     print(format_table(rows))
     print(f"\n{machine_line()}")
