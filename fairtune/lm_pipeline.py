@@ -174,12 +174,12 @@ def train_and_report_lm(
         }
         with open(os.path.join(args.output_dir, LM_REPORT_JSON), "w") as f:
             json.dump(report, f, indent=2, allow_nan=True)
-        text = render_before_after(before.flat(), after.flat(), report["run"])
+        pooled = not args.lm_report_bias_types  # with chosen bias types "overall" pools only those
+        text = render_before_after(before.flat(), after.flat(), report["run"], pooled)
         with open(os.path.join(args.output_dir, LM_REPORT_MD), "w") as f:
             f.write(text)
-        card = render_lm_model_card(
-            model_args.model_name_or_path, report["run"], before_after_table(before.flat(), after.flat())
-        )
+        table = before_after_table(before.flat(), after.flat(), pooled)
+        card = render_lm_model_card(model_args.model_name_or_path, report["run"], table)
         write_model_card(args.output_dir, card)
         with open(os.path.join(args.output_dir, "run_config.json"), "w") as f:
             config = {"model": asdict(model_args), "data": asdict(data_args)}
@@ -193,11 +193,13 @@ def train_and_report_lm(
 HEADLINE_METRICS = ("pct_stereotype", "ss", "lms", "icat", "s_dis", "s_amb", "perplexity")
 
 
-def render_before_after(before: dict[str, float], after: dict[str, float], run: dict[str, Any]) -> str:
+def render_before_after(
+    before: dict[str, float], after: dict[str, float], run: dict[str, Any], pooled: bool = True
+) -> str:
     """Markdown: the run's settings, then each headline metric before and after fine-tuning."""
     lines = ["# Causal-LM stereotype report", ""]
     lines += [f"- {k}: `{v}`" for k, v in run.items()] + [""]
-    lines += [before_after_table(before, after)]
+    lines += [before_after_table(before, after, pooled)]
     lines += [
         "",
         "CrowS-Pairs pct_stereotype and StereoSet SS are 50 for an unbiased model; LMS and ICAT are better "
@@ -207,11 +209,17 @@ def render_before_after(before: dict[str, float], after: dict[str, float], run: 
     return "\n".join(lines)
 
 
-def before_after_table(before: dict[str, float], after: dict[str, float]) -> str:
-    """Markdown table of each headline metric (``benchmark/category/metric``) before, after and the change."""
+def before_after_table(before: dict[str, float], after: dict[str, float], pooled: bool = True) -> str:
+    """Markdown table of each headline metric (``benchmark/category/metric``) before, after and the change.
+
+    ``pooled=False`` leaves out the ``overall`` rows: with chosen bias types they pool only those, and would
+    read as the benchmark's overall score.
+    """
     lines = ["| metric | before | after | change |", "|---|---|---|---|"]
     for key in sorted(before):
         if key.split("/")[-1] not in HEADLINE_METRICS or key not in after:
+            continue
+        if not pooled and "/overall/" in key:
             continue
         a, b = before[key], after[key]
         change = "–" if math.isnan(a) or math.isnan(b) else f"{b - a:+.2f}"
