@@ -77,14 +77,14 @@ class CounterfactualConsistency(Penalty):
             pairs = zip(first.tolist(), second.tolist(), strict=True)
             found = [self._pair_divergence(batch, a, b) for a, b in pairs]
             found = [v for v in found if v is not None]
-            values = torch.stack(found) if found else zero.float().reshape(0)
+            values = torch.stack(found) if found else zero.float().new_zeros(0)
         if batch.sync is not None:
             # The mean over the pairs of all processes: their summed values over their summed count, so a
             # process with fewer (or no) pairs weighs as much as its pairs do. The count is connected to the
             # graph only so that both travel in one collective.
             local = torch.stack([values.sum() + zero.float(), zero.float() + values.numel()])
             total, count = batch.sync.sum(local).unbind(0)
-            return total / count if float(count) > 0 else total * 0.0
+            return total / count if bool(count > 0) else total * 0.0
         return values.mean() + zero if values.numel() else zero
 
     def _pair_divergence(self, batch: PenaltyBatch, a: int, b: int) -> Tensor | None:
