@@ -9,10 +9,11 @@ hidden layer of 64), AdamW at 1e-3, the penalty at ``--weight``. The script runs
 (per-device batch ``--batch / 2``, the same global batch: accelerate shards each global batch of the shared
 permutation), the latter with ``penalty_sync`` on and off. Every optimizer step's penalty is logged (on 2
 processes the mean of the ranks' values, which is the global value with sync on); the table gives, per
-penalty, the median and the largest relative difference ``|p2 - p1| / |p1|`` over steps between 2 processes
-and 1, and the test set's demographic parity and equalized odds differences after the last step. With sync on
-the two runs follow one trajectory, up to float rounding; with it off each process penalises its own
-half-batch, so the values and the trajectory drift apart. Values only: nothing here is timed.
+penalty, the median, 90th percentile and largest relative difference ``|p2 - p1| / |p1|`` over steps
+between 2 processes and 1 (the largest comes from steps where p1 is near 0), and the test set's demographic
+parity and equalized odds differences after the last step. With sync on the two runs follow one trajectory,
+up to float rounding amplified over the steps; with it off each process penalises its own half-batch, so the
+values and the trajectory drift apart. Values only: nothing here is timed.
 """
 
 from __future__ import annotations
@@ -138,9 +139,9 @@ def main(argv: list[str] | None = None) -> None:
         f"Adult (sex), MLP, global batch {opts.batch}, {opts.steps} steps, penalty weight {opts.weight}, "
         f"seed {opts.seed}: 2 gloo processes vs 1 process, relative difference of the per-step penalty.",
         "",
-        "| penalty | sync | median rel. diff | max rel. diff | test DP diff (1 proc / 2 proc) "
+        "| penalty | sync | median rel. diff | 90th pct. | max | test DP diff (1 proc / 2 proc) "
         "| test EO diff (1 proc / 2 proc) |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for penalty in opts.penalties:
         ref = one[f"{penalty}/True"]
@@ -148,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
             run = two[f"{penalty}/{sync}"]
             rel = relative(ref["penalty"], run["penalty"])
             lines.append(
-                f"| {penalty} | {'on' if sync else 'off'} | {statistics.median(rel):.2%} | {max(rel):.2%} "
+                f"| {penalty} | {'on' if sync else 'off'} | {statistics.median(rel):.2%} "
+                f"| {statistics.quantiles(rel, n=10)[-1]:.2%} | {max(rel):.2%} "
                 f"| {ref['dp']:.4f} / {run['dp']:.4f} | {ref['eo']:.4f} / {run['eo']:.4f} |"
             )
     table = "\n".join(lines)
