@@ -233,6 +233,15 @@ class FairTrainingArguments(TrainingArguments):
     mindiff_bandwidth: float = field(
         default=0.1, metadata={"help": "Bandwidth of the Gaussian kernel of the mindiff penalty."}
     )
+    penalty_sync: bool = field(
+        default=True,
+        metadata={
+            "help": "Gather the penalty's group statistics across processes (sums added with autograd, "
+            "MinDiff's scores concatenated) before the spread, so that several processes penalise their "
+            "global micro-batch exactly as one process would; false: each process penalises its own "
+            "micro-batch. No effect on one process."
+        },
+    )
     penalty_options: dict | str | None = field(
         default=None,
         metadata={

@@ -55,6 +55,7 @@ from fairtune.mitigation.combined import (
     Reduce,
     identity_reduce,
 )
+from fairtune.mitigation.penalties import ProcessSync
 from fairtune.mitigation.postprocess import GroupThresholds
 
 logger = logging.getLogger(__name__)
@@ -328,6 +329,12 @@ class FairTrainer(Trainer):
             return identity_reduce
         return lambda tensor, op: self.accelerator.reduce(tensor, reduction=op)
 
+    def _penalty_sync(self) -> ProcessSync | None:
+        """The cross-process reduction of penalty statistics: None on one process or with penalty_sync off."""
+        if not self.args.penalty_sync or self.accelerator.num_processes == 1:
+            return None
+        return ProcessSync()
+
     def _train_groups_and_labels(self, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(N,) training group ids and (N,) labels, read from the arrow table without decoding rows."""
         table = dataset.with_format("arrow")
@@ -499,13 +506,19 @@ class FairTrainer(Trainer):
             pair_ids=pair_ids,
             input_ids=inputs.get("input_ids"),
             attention_mask=inputs.get("attention_mask"),
+            sync=self._penalty_sync(),
         )
         extra = self.mitigations.extra_loss(
             outputs, batch, self.state.global_step, self.term_log, inputs.get("attention_mask")
         )
         if extra is not None:
             # Penalty and adversary terms are per micro-batch; this share makes them average over the
-            # accumulation window (and processes) the way the summed task loss does.
+            # accumulation window (and processes) the way the summed task loss does. The same factor is right
+            # for penalties gathered across processes (penalty_sync): the backward of their cross-process sum
+            # adds the W processes' upstream gradients (share_r * dP/dS each), and DDP divides by W, so the
+            # parameter gradient is mean_r(share_r) * grad P(global micro-batch); mean_r(share_r) is the
+            # global micro-batch's rows over the window's rows (exactly so when num_items_in_batch counts
+            # every process's rows; for equal micro-batches otherwise), as on one process.
             share = 1.0
             if num_items_in_batch is not None:
                 share = len(labels) / num_items_in_batch

@@ -17,6 +17,10 @@ position n' - L - 1 + k of the second (k = 0 .. L - 1); each predicts the same n
 differs only by the swap. A position before the first token does not exist, so when the suffix is the whole
 shorter sequence its first token is skipped. Pairs with no shared suffix add nothing. Tokens that differ after
 the last swapped word (e.g. a her -> his/him choice) end the suffix there: the rule is conservative.
+
+Across processes (``PenaltyBatch.sync``), pairs stay within a micro-batch, but the mean is over the pairs of
+all processes (the per-pair sum and the count are summed with autograd), so it equals the single-process value
+on the global batch; gradient scaling as in ``fairtune.mitigation.penalties``.
 """
 
 from __future__ import annotations
@@ -64,17 +68,24 @@ class CounterfactualConsistency(Penalty):
             raise ValueError(ERR_NO_PAIRS)
         first, second = pair_index(batch.pair_ids)
         zero = batch.logits.sum() * 0.0  # keeps the graph connected when the batch holds no whole pair
-        if first.numel() == 0:
-            return zero
         if batch.logits.dim() == 2:
             diff = (batch.logits[first].float() - batch.logits[second].float()).abs()  # (P, C)
-            return diff.mean(1).mean() + zero
-        if batch.input_ids is None or batch.attention_mask is None:
-            raise ValueError(ERR_LM_INPUTS)
-        pairs = zip(first.tolist(), second.tolist(), strict=True)
-        values = [self._pair_divergence(batch, a, b) for a, b in pairs]
-        values = [v for v in values if v is not None]
-        return torch.stack(values).mean() + zero if values else zero
+            values = diff.mean(1)
+        else:
+            if first.numel() and (batch.input_ids is None or batch.attention_mask is None):
+                raise ValueError(ERR_LM_INPUTS)
+            pairs = zip(first.tolist(), second.tolist(), strict=True)
+            found = [self._pair_divergence(batch, a, b) for a, b in pairs]
+            found = [v for v in found if v is not None]
+            values = torch.stack(found) if found else zero.float().new_zeros(0)
+        if batch.sync is not None:
+            # The mean over the pairs of all processes: their summed values over their summed count, so a
+            # process with fewer (or no) pairs weighs as much as its pairs do. The count is connected to the
+            # graph only so that both travel in one collective.
+            local = torch.stack([values.sum() + zero.float(), zero.float() + values.numel()])
+            total, count = batch.sync.sum(local).unbind(0)
+            return total / count if bool(count > 0) else total * 0.0
+        return values.mean() + zero if values.numel() else zero
 
     def _pair_divergence(self, batch: PenaltyBatch, a: int, b: int) -> Tensor | None:
         """Mean divergence over the aligned positions of rows ``a`` and ``b``, or None without any."""

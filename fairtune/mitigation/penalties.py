@@ -16,8 +16,33 @@ a zero denominator: it is masked out of the spread, never divided by, so no batc
 Binary tasks use the positive class only; with C > 2 classes every class is a column of the statistic (the
 selection rate of class c, the recall of class c, ...), and the spread is taken over all of them.
 
-Penalties see one process's micro-batch; with several processes each penalises its own batch and DDP averages
-the gradients.
+Across processes (``PenaltyBatch.sync``, set by the trainer when ``penalty_sync`` is on and there are
+several processes) a penalty is taken on the *global* micro-batch, the union of every process's micro-batch:
+rate penalties add their (G, K) sums over processes with autograd before any rate is taken, MinDiff
+concatenates the scores, counterfactual consistency adds its per-pair sum and count. Every process then holds
+the same value, equal to the single-process value on the global batch (up to float rounding). A custom
+``RatePenalty`` gets this for free; a custom ``compute`` must pass its own sums through ``batch.sync``.
+
+Gradient scaling. The backward of the differentiable sum is again a sum over processes: process r receives
+``sum_r' u_r'`` where ``u_r'`` is the upstream gradient on process r' (e.g. the loss factor ``s_r'`` times
+dP/dS, the same dP/dS everywhere). With every ``s_r = 1`` the gradient on each process's logits is therefore W
+times the single-process gradient of its rows, and DDP's average of parameter gradients over the W processes
+divides it back: the parameter gradient is exactly that of the penalty on the global batch. In general the
+parameter gradient is ``mean_r(s_r) * grad P(global batch)``, so a gathered penalty takes the same per-process
+factor as a per-process one: the trainer's ``share`` (this micro-batch's rows over the accumulation window's
+rows, times W when ``num_items_in_batch`` counts every process) averages over processes to the global
+micro-batch's share of the window.
+
+Gradient accumulation: the statistics of each micro-batch are gathered across processes, not across the
+micro-batches of an optimizer step. A run on W processes with accumulation therefore equals a single-process
+run whose micro-batch m is the union of the processes' micro-batches m, not one on the whole window (the
+spread is not linear in the batch): exact for the former, an approximation of the latter. Spanning the
+micro-batches of a step is not done.
+
+Collectives: every process must run the same penalty computations in the same order (they do: the trainer
+computes the same penalties on every process), and every branch taken after the sum depends on global sums
+only, so that the backward collectives match. With ``sync`` None (one process, or ``penalty_sync: false``) no
+collective runs and each process penalises its own micro-batch, as before.
 """
 
 from __future__ import annotations
@@ -28,6 +53,7 @@ from functools import cached_property
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -38,6 +64,64 @@ ERR_SPREAD = "spread must be one of {valid}; got {spread!r}."
 ERR_WEIGHT = "The weight of penalty {name!r} must be a finite number >= 0; got {weight}."
 ERR_WARMUP = "warmup_steps of penalty {name!r} must be >= 0; got {warmup}."
 ERR_BANDWIDTH = "MinDiff bandwidth must be > 0; got {bandwidth}."
+
+
+class _SumAcrossProcesses(torch.autograd.Function):
+    """All-reduce (sum) whose backward is again an all-reduce (sum): the adjoint of summing over processes.
+
+    Written here rather than taken from ``torch.distributed.nn.functional`` (deprecated in torch 2.x, warning
+    on every call); gloo supports all-reduce, which is all this needs (no reduce-scatter or all-to-all).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor, group: Any) -> Tensor:
+        ctx.group = group
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad, None
+
+
+class ProcessSync:
+    """Differentiable sums and concatenations over the processes of a ``torch.distributed`` run.
+
+    Every process must call the same methods in the same order with tensors of the same shape (except the
+    first dimension for ``cat``). See the module docstring for the gradient scaling.
+
+    Args:
+        group: the process group (None: the default group, the one DDP uses).
+    """
+
+    def __init__(self, group: Any = None):
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+
+    def sum(self, tensor: Tensor) -> Tensor:
+        """The elementwise sum of ``tensor`` over processes (same shape), with autograd."""
+        return _SumAcrossProcesses.apply(tensor, self.group)
+
+    def cat(self, tensor: Tensor) -> Tensor:
+        """(n_r, ...) rows of every process -> (sum_r n_r, ...) in rank order, with autograd.
+
+        Built on ``sum``: each process puts its rows at its offset in a zero tensor, so the values are exact
+        (x + 0 = x) and the backward hands each process the summed gradient of its own rows.
+        """
+        counts = torch.zeros(self.world_size, dtype=torch.long, device=tensor.device)
+        counts[self.rank] = tensor.shape[0]
+        dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=self.group)
+        before, after = int(counts[: self.rank].sum()), int(counts[self.rank + 1 :].sum())
+        pad = tensor.shape[1:]
+        full = torch.cat([tensor.new_zeros(before, *pad), tensor, tensor.new_zeros(after, *pad)])
+        return self.sum(full)
+
+    def __repr__(self) -> str:
+        return f"ProcessSync(rank={self.rank}, world_size={self.world_size})"
 
 
 @dataclass
@@ -54,6 +138,8 @@ class PenaltyBatch:
         pair_ids: (N,) counterfactual pair ids when the data has them (``pair_id`` column), else None.
         input_ids, attention_mask: (N, T) token inputs of text models, else None (a causal LM's consistency
             penalty aligns the pair's tokens with them).
+        sync: the differentiable cross-process reduction the statistics go through before any ratio is taken
+            (see the module docstring); None: this micro-batch only, with no collective call.
 
     For a causal LM, ``logits`` are (N, T, V) and ``labels`` (N, T) token ids (-100 where not predicted); the
     rate penalties need class probabilities and refuse such a task, while ``LossParity`` and
@@ -75,6 +161,7 @@ class PenaltyBatch:
     pair_ids: Tensor | None = None
     input_ids: Tensor | None = None
     attention_mask: Tensor | None = None
+    sync: ProcessSync | None = None
 
     @cached_property
     def probs(self) -> Tensor:
@@ -228,6 +315,8 @@ class RatePenalty(Penalty):
 
     def compute(self, batch: PenaltyBatch) -> Tensor:
         num, den = group_sums(*self.statistic(batch), batch.membership)
+        if batch.sync is not None:  # sums of the global batch: one collective for both
+            num, den = batch.sync.sum(torch.stack([num, den])).unbind(0)
         return spread(*rates_from_sums(num, den), self.spread)
 
 
@@ -284,7 +373,8 @@ class MinDiff(Penalty):
     Gaussian, k(a, b) = exp(-||a - b||^2 / (2 bandwidth^2)). For every group g present next to at least one
     other sample, the biased (V-statistic) MMD^2 between g and the other samples is taken; the penalty is
     their mean. With ``labels`` set (e.g. ``[0]``, the negatives, as in the paper, for equal FPRs) only
-    samples of those classes take part. Costs O(N^2) per batch in memory and time.
+    samples of those classes take part. Costs O(N^2) per batch in memory and time (N of the global batch when
+    the batch is gathered across processes).
     """
 
     name = "mindiff"
@@ -315,6 +405,11 @@ class MinDiff(Penalty):
         if self.labels is not None:
             keep = torch.isin(batch.labels, torch.tensor(self.labels, device=batch.labels.device))
             scores, member = scores[keep], member[keep]
+        if batch.sync is not None:
+            # The kernel terms of the global batch: every process gathers all scores (O(N^2) of the global N).
+            gathered = batch.sync.cat(torch.cat([scores, member], dim=1))
+            scores, member = gathered[:, : scores.shape[1]], gathered[:, scores.shape[1] :]
+            zero = scores.sum() * 0.0
         if scores.shape[0] < 2:
             return zero
         kernel = torch.exp(-torch.cdist(scores, scores).pow(2) / (2 * self.bandwidth**2))  # (N, N)
