@@ -48,7 +48,7 @@ def test_pareto_front_and_suite_errors(tmp_path):
     assert report.pareto_front(points) == [3, 0, 1]
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nresults: r.jsonl\nseeds: [0]\ndatasets: {d: {kind: video}}\nmethods: []\n")
-    with pytest.raises(ValueError, match="kind must be 'tabular' or 'text'"):
+    with pytest.raises(ValueError, match="kind must be 'tabular', 'text' or 'lm'"):
         run.load_suite(str(bad))
     runs = run.expand(run.load_suite(str(ROOT / "benchmarks" / "suites" / "cpu_tabular.yaml")))
     assert len({run.run_key(r) for r in runs}) == len(runs) >= 90
