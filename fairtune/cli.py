@@ -8,6 +8,9 @@ Startup: this module imports the standard library and ``fairtune.config_files`` 
 transformers (about 5 s) are imported once the command line, the config files and the data files they name
 have been checked, so ``--help`` and those errors come back at once. ``fairtune train --help`` documents every
 ``TrainingArguments`` field and so waits for transformers.
+
+Length: about 570 lines, most of them the help texts and option checks of the four commands, which share the
+refusal helpers here.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ A value from a file goes through the same conversion and check as the flag would
 the value, where it came from and what was expected. Reading and checking the files themselves needs no
 transformers: that part lives in ``fairtune.config_files``.
 
-Length: about 530 lines, most of them the argument fields with their ``--help`` texts.
+Length: about 580 lines, most of them the argument fields with their ``--help`` texts.
 """
 
 from __future__ import annotations

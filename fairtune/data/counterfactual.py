@@ -20,7 +20,7 @@ contiguous once rows are dropped. A row without identity terms keeps an id of it
 ``counterfactual`` flag tells the two members apart; ``fairtune.data.pairs.check_pairs`` checks the convention
 and ``PairSampler`` keeps both members of a pair in one micro-batch.
 
-Length: about 540 lines: the word-list format, the swap rules (case, possessives, ``her``) and their
+Length: about 600 lines: the word-list format, the swap rules (case, possessives, ``her``) and their
 dataset transform belong together; the rules are most of it.
 """
 
