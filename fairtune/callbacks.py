@@ -9,11 +9,13 @@ from typing import Any
 import torch
 from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
 
+from fairtune.lm import HEADLINE_METRICS
+
 MITIGATION_STATE_FILE = "mitigation_state.pt"
 
 
 # Stereotype-benchmark headlines (eval_<benchmark>/<bias type>/<metric>) stay on the terminal too.
-HEADLINE_LM_METRICS = ("/pct_stereotype", "/ss", "/lms", "/icat", "/s_dis", "/s_amb")
+HEADLINE_LM_METRICS = tuple(f"/{m}" for m in HEADLINE_METRICS)
 
 
 def compact_logs(logs: dict[str, Any] | None) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any
 
 from fairtune.config import DataArguments, FairTrainingArguments, ModelArguments
 from fairtune.groups import GroupVocabulary
+from fairtune.lm import HEADLINE_METRICS
 from fairtune.mitigation import Mitigations
 from fairtune.model_card import render_lm_model_card, write_model_card
 from fairtune.trainer import FairTrainer, check_output_dir
@@ -187,10 +188,6 @@ def train_and_report_lm(
         print("\n" + text)
         print(f"\nModel, tokenizer, group vocabulary and LM report written to {args.output_dir}/")
     return {"before": before.flat(), "after": after.flat(), "validation": validation, "test": test}
-
-
-# The rows of the before/after table: the headline metric of each benchmark, overall and per bias type.
-HEADLINE_METRICS = ("pct_stereotype", "ss", "lms", "icat", "s_dis", "s_amb", "perplexity")
 
 
 def render_before_after(

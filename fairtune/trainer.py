@@ -593,19 +593,20 @@ class FairTrainer(Trainer):
         """Per-group mean sequence NLL and perplexity, the loss gap and the worst group, per grouping."""
         metrics: dict[str, float] = {}
         for name in self.group_vocab.groupings:
-            sums = self._eval_losses[group_column(name)].tolist()
             names = self.group_vocab.names(name)
-            means = {names[g]: total / count for g, (total, count) in enumerate(sums) if count > 0}
-            for group, mean in means.items():
-                metrics[f"{prefix}_{name}/{group}/loss"] = mean
-                metrics[f"{prefix}_{name}/{group}/perplexity"] = math.exp(mean)
-                metrics[f"{prefix}_{name}/{group}/count"] = sums[names.index(group)][1]
+            means = {}
+            for group, (total, count) in zip(
+                names, self._eval_losses[group_column(name)].tolist(), strict=False
+            ):
+                if count > 0:
+                    means[group] = total / count
+                    metrics[f"{prefix}_{name}/{group}/loss"] = means[group]
+                    metrics[f"{prefix}_{name}/{group}/perplexity"] = math.exp(means[group])
+                    metrics[f"{prefix}_{name}/{group}/count"] = count
             if len(means) >= 2:
                 metrics[f"{prefix}_{name}/loss_difference"] = max(means.values()) - min(means.values())
                 metrics[f"{prefix}_{name}/worst_group_loss"] = max(means.values())
-        total, count = (
-            sum(col) for col in zip(*self._eval_losses[self.train_group_column].tolist(), strict=True)
-        )
+        total, count = self._eval_losses[self.train_group_column].sum(0).tolist()
         if count:
             metrics[f"{prefix}_loss"] = total / count
             metrics[f"{prefix}_perplexity"] = math.exp(total / count)

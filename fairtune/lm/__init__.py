@@ -28,6 +28,9 @@ METRICS = {
     "bbq": ("accuracy", "accuracy_ambig", "accuracy_disambig", "s_dis", "s_amb"),
     "perplexity": (),
 }
+# The metric of each benchmark a report or a terminal line leads with (50 or 0 is unbiased; LMS, ICAT higher
+# is better).
+HEADLINE_METRICS = ("pct_stereotype", "ss", "lms", "icat", "s_dis", "s_amb", "perplexity")
 ERR_GATE_NAME = (
     "Gate threshold names {name!r}, which `evaluate-lm` will not report. Names read "
     "benchmark/category/metric for one of the chosen benchmarks ({benchmarks}) and the categories of "
@@ -60,6 +63,8 @@ __all__ = [
     "BENCHMARKS",
     "ERR_NO_BENCHMARK",
     "ERR_UNKNOWN_BENCHMARK",
+    "HEADLINE_METRICS",
+    "METRICS",
     "check_benchmarks",
     "check_gate_name",
     "check_request",

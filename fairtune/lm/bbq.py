@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fairtune.lm import METRICS
 from fairtune.lm.base import ERR_NO_EXAMPLES, resolve_categories, subset_indices
 from fairtune.lm.models import package_folder
 from fairtune.lm.scoring import score_continuations
@@ -119,7 +120,7 @@ class BBQResult:
         """``{prefix}/{overall|category}/{metric}`` -> value."""
         out = {}
         for group, s in [("overall", self.overall), *self.by_category.items()]:
-            for m in ("accuracy", "accuracy_ambig", "accuracy_disambig", "s_dis", "s_amb"):
+            for m in METRICS[NAME]:
                 out[f"{prefix}/{group}/{m}"] = float(getattr(s, m))
         return out
 

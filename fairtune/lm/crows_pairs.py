@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fairtune.lm import METRICS
 from fairtune.lm.base import (
     ERR_NO_EXAMPLES,
     Interval,
@@ -108,7 +109,7 @@ class CrowsPairsResult:
         """``{prefix}/{overall|bias type}/{metric}`` -> value."""
         out = {}
         for group, scores in [("overall", self.overall), *self.by_bias_type.items()]:
-            for metric in ("pct_stereotype", "pct_stereotype_normalized", "likelihood_diff"):
+            for metric in METRICS[NAME]:
                 out[f"{prefix}/{group}/{metric}"] = float(getattr(scores, metric))
         return out
 

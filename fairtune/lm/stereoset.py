@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fairtune.lm import METRICS
 from fairtune.lm.base import ERR_NO_EXAMPLES, Interval, bootstrap_interval, resolve_categories, subset_indices
 from fairtune.lm.models import package_file
 from fairtune.lm.scoring import score_continuations, score_sentences
@@ -94,7 +95,7 @@ class StereoSetResult:
         """``{prefix}/{overall|domain|task}/{ss|lms|icat}`` -> value."""
         out = {}
         for group, s in [("overall", self.overall), *self.by_domain.items(), *self.by_task.items()]:
-            out.update({f"{prefix}/{group}/{m}": float(getattr(s, m)) for m in ("ss", "lms", "icat")})
+            out.update({f"{prefix}/{group}/{m}": float(getattr(s, m)) for m in METRICS[NAME]})
         return out
 
 
