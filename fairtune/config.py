@@ -306,6 +306,16 @@ class FairTrainingArguments(TrainingArguments):
             "(binary tasks), equalizing the named rate across groups."
         },
     )
+    # Streaming data (issue 11.3): evaluation that keeps only per-group count sums.
+    lean_evaluation: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate keeping only the per-group count sums, so memory stays flat in the number of "
+            "rows (Trainer's own loop keeps every logit, label and loss): default on for streamed "
+            "evaluation data without compute_metrics; true: on for every evaluate() (not predict()); false: "
+            "off. The metrics are the same either way."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
@@ -423,9 +433,49 @@ class DataArguments:
     data_seed_for_splits: int = field(
         default=0, metadata={"help": "Seed of carved splits and subsets (kept apart from the training seed)."}
     )
+    # Streaming data (issue 11.3): fairtune.data.streaming.
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read the data as datasets iterable datasets (local CSV / JSON lines / Parquet, or a Hub "
+            "dataset with load_dataset(..., streaming=True)), never whole in memory; needs max_steps and a "
+            "validation split. The group vocabulary, label names and reweighting counts come from "
+            "group_values / class_names / group_shares / stream_counts, else from a counting pass."
+        },
+    )
+    group_values: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Streaming: the groups of each attribute (or grouping), e.g. {sex: [Female, Male]}; a "
+            "streamed row with another value is an error. Default: read by a counting pass."
+        },
+    )
+    class_names: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Streaming: the class names, in class-id order, when labels are names (or to name ids). "
+            "Default: read by a counting pass (names sorted, as in memory)."
+        },
+    )
+    group_shares: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Streaming: training shares per group and label, {group: {label: share}} (or {group: "
+            "share} for balanced_group), which count-based reweighting fits on instead of a counting pass."
+        },
+    )
+    stream_counts: str | None = field(
+        default=None,
+        metadata={
+            "help": "Streaming: a stream_counts.json an earlier run's counting pass wrote to its output_dir; "
+            "its vocabulary, labels and counts are used instead of counting again."
+        },
+    )
 
     def __post_init__(self) -> None:
         _check_choices(self)
+        for key in ("group_values", "group_shares"):
+            setattr(self, key, _mapping(key, getattr(self, key)) or None)
 
 
 CONFIG_CLASSES = (ModelArguments, DataArguments, FairTrainingArguments)

@@ -26,7 +26,7 @@ ERR_DATA_FILE_MISSING = "{key} {path!r} (from {source}) does not exist."
 ERR_FLAG = "{message} (on the command line)."
 SOURCE_FLAGS = "the command line"
 # Local data files a run names; checked before anything heavy is imported.
-DATA_FILE_KEYS = ("train_file", "validation_file", "test_file")
+DATA_FILE_KEYS = ("train_file", "validation_file", "test_file", "stream_counts")
 
 
 class ConfigError(ValueError):

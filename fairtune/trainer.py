@@ -92,8 +92,8 @@ ERR_NUM_LABELS = (
     "The model's classification head must output at least 2 logits; it has num_labels={num_labels}."
 )
 ERR_UNKNOWN_NUM_LABELS = (
-    "Cannot tell the number of classes: the model has no config.num_labels and no training data was given; "
-    "set FairTrainingArguments.num_labels."
+    "Cannot tell the number of classes: the model has no config.num_labels and no training data was given "
+    "in memory (a stream is not read ahead); set FairTrainingArguments.num_labels."
 )
 ERR_OUTPUT_DIR = (
     "output_dir {path!r} already holds a run ({found}). Pass overwrite_output_dir=True to train into it, "
@@ -108,6 +108,20 @@ ERR_PAIRS_MISSING = (
     "fairtune.data.lm_corpus.cda_corpus."
 )
 ERR_POSTPROCESS_NONE = "No post-processing configured: set post_processing or pass a GroupThresholds."
+# Streamed (iterable) datasets: fairtune.data.streaming.
+ERR_STREAM_VOCAB = (
+    "The training dataset is a stream (IterableDataset), which cannot fit the group vocabulary: pass a "
+    "fitted group_vocab (fairtune.data.streaming.declared_vocabulary or counted_vocabulary)."
+)
+ERR_STREAM_TRAIN = "{what} needs the training rows by index, which a streamed training dataset does not have."
+ERR_LEAN_COMPUTE_METRICS = (
+    "lean_evaluation=True keeps no predictions, but compute_metrics needs them: drop one of the two."
+)
+
+
+def _is_stream(dataset: Any) -> bool:
+    """Whether ``dataset`` is read as a stream (a ``datasets`` or torch ``IterableDataset``)."""
+    return isinstance(dataset, torch.utils.data.IterableDataset)
 
 
 def model_task(model: nn.Module) -> str | None:
@@ -235,7 +249,16 @@ class FairTrainer(Trainer):
         has_validation = eval_dataset is not None and not isinstance(eval_dataset, dict)
         self.mitigations.check_task(self.num_labels, has_validation, self.task)
         train_groups = train_labels = None
-        if train_dataset is not None:
+        if _is_stream(train_dataset):
+            # Reweighters must be fitted already (Reweighter.fit_counts on counted or declared counts).
+            for what in (
+                "pair methods" if self.mitigations.needs_pairs else None,
+                self.mitigations.sampler_reweighter,
+            ):
+                if what is not None:
+                    raise ValueError(ERR_STREAM_TRAIN.format(what=what))
+            train_dataset = self.prepare_dataset(train_dataset, "training")
+        elif train_dataset is not None:
             train_dataset = self.prepare_dataset(train_dataset, "training")
             train_groups, train_labels = self._train_groups_and_labels(train_dataset)
             if self.mitigations.needs_pairs:
@@ -255,6 +278,8 @@ class FairTrainer(Trainer):
                 data_collator = DataCollatorForLanguageModeling(processing_class, mlm=False)
         if not isinstance(data_collator, FairDataCollator):
             data_collator = FairDataCollator(data_collator)
+        if args.lean_evaluation and kwargs.get("compute_metrics") is not None:
+            raise ValueError(ERR_LEAN_COMPUTE_METRICS)
 
         super().__init__(
             model=model,
@@ -279,6 +304,7 @@ class FairTrainer(Trainer):
         # Running means of the loss terms and per-group losses between two training logs.
         self.term_log = TermLog()
         self._eval_stats: dict[str, GroupStats] | None = None
+        self._eval_lean = False  # this evaluation keeps group statistics only (lean_evaluation)
         self._eval_losses: dict[str, torch.Tensor] | None = None  # causal LM: (G, 2) [loss sum, count]
         self.monitor = monitor
         self._eval_batches_seen = 0
@@ -305,6 +331,8 @@ class FairTrainer(Trainer):
         if not vocab.fitted:
             if train_dataset is None:
                 raise ValueError(ERR_NO_TRAIN_DATA)
+            if _is_stream(train_dataset):
+                raise ValueError(ERR_STREAM_VOCAB)
             FairTrainer._check_dataset(train_dataset, "training")
             vocab.fit(train_dataset)
         return vocab
@@ -382,6 +410,8 @@ class FairTrainer(Trainer):
     def _check_dataset(dataset: Any, split: str) -> None:
         import datasets
 
+        if isinstance(dataset, datasets.IterableDataset):
+            return  # a stream's length is unknown; its rows are checked as they are read
         if not isinstance(dataset, datasets.Dataset):
             raise TypeError(ERR_DATASET_TYPE.format(split=split, kind=type(dataset).__name__))
         if len(dataset) == 0:
@@ -390,7 +420,7 @@ class FairTrainer(Trainer):
     def _resolve_num_labels(self, model: nn.Module, args: FairTrainingArguments, train_dataset: Any) -> int:
         config = getattr(model, "config", None)
         num_labels = getattr(config, "num_labels", None) or args.num_labels
-        if num_labels is None and train_dataset is not None:
+        if num_labels is None and train_dataset is not None and not _is_stream(train_dataset):
             label = self._label_column(train_dataset, "training")
             check_columns(train_dataset, [label], split="training", what="the labels")
             num_labels = max(2, int(max(train_dataset[label])) + 1)
@@ -414,6 +444,8 @@ class FairTrainer(Trainer):
         outside ``[0, num_labels)``.
         """
         self._check_dataset(dataset, split)
+        if _is_stream(dataset):
+            return self._prepare_stream(dataset, split)
         if not self.is_classifier:  # a causal LM's labels are its input ids, made by the collator
             return self.group_vocab.encode(dataset, split=split)
         label = self._label_column(dataset, split)
@@ -427,6 +459,22 @@ class FairTrainer(Trainer):
                 ERR_LABEL_RANGE.format(split=split, num_labels=self.num_labels, low=low, high=high)
             )
         return self.group_vocab.encode(dataset, split=split)
+
+    def _prepare_stream(self, dataset: Any, split: str) -> Any:
+        """A streamed dataset with lazily checked labels and ``group:<grouping>`` id columns.
+
+        Labels and groups are checked per row as the stream is read (a row's error names the row): a label
+        outside ``[0, num_labels)``, a missing value, or a group the vocabulary lacks stops the run.
+        """
+        from fairtune.data.streaming import encode_stream_groups, encode_stream_labels, known_columns
+
+        dataset = known_columns(dataset)
+        if self.is_classifier:
+            label = self._label_column(dataset, split)
+            if label != "label":
+                dataset = dataset.rename_column(label, "label")
+            dataset = encode_stream_labels(dataset, None, self.num_labels, split)
+        return encode_stream_groups(dataset, self.group_vocab, split)
 
     def _set_signature_columns_if_needed(self) -> None:
         # Group id columns are not arguments of model.forward; without this, remove_unused_columns drops them.
@@ -574,6 +622,8 @@ class FairTrainer(Trainer):
             return loss.detach(), None, None
         if self._eval_stats is not None and groups:
             self._update_eval_stats(logits, labels, groups)
+            if self._eval_lean:  # Trainer's loop would keep every loss, logit and label: hand it none
+                return None, None, None
         return loss.detach(), None if prediction_loss_only else logits, labels
 
     def _update_eval_losses(self, losses: torch.Tensor, groups: dict[str, torch.Tensor]) -> None:
@@ -683,6 +733,7 @@ class FairTrainer(Trainer):
             )
         self._eval_stats = self._new_group_stats()
         self._eval_batches_seen = 0
+        self._eval_lean = self._lean_evaluation(dataloader, description)
         try:
             output = super().evaluation_loop(
                 dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
@@ -695,14 +746,27 @@ class FairTrainer(Trainer):
                 output.metrics.update(result.flat(f"{metric_key_prefix}_{name}"))
         finally:
             self._eval_stats = None
+            lean, self._eval_lean = self._eval_lean, False
         loss_key = f"{metric_key_prefix}_loss"
-        if results and loss_key in output.metrics:
+        if results and (loss_key in output.metrics or lean):
             # Trainer averages per-batch means, so on several processes the padding duplicates of the last
             # batch leak into eval_loss; the per-sample sum in GroupStats excludes them exactly.
             output.metrics[loss_key] = float(results[self.group_vocab.train_grouping].overall["loss"])
         if results:
             self.fairness_results[metric_key_prefix] = results
         return output
+
+    def _lean_evaluation(self, dataloader: Any, description: str) -> bool:
+        """Whether this evaluation keeps only the group statistics (``args.lean_evaluation``): never for
+        ``predict()`` (it returns the predictions) or with ``compute_metrics`` (it reads them); by default
+        only for streamed evaluation data."""
+        if (
+            self.compute_metrics is not None
+            or description == "Prediction"
+            or self.args.lean_evaluation is False
+        ):
+            return False
+        return bool(self.args.lean_evaluation) or _is_stream(getattr(dataloader, "dataset", None))
 
     def _lm_evaluation_loop(
         self,

@@ -69,7 +69,11 @@ class Reweighter:
 
     def fit(self, groups: Tensor, labels: Tensor, num_groups: int, num_labels: int) -> Reweighter:
         """Fit the (G, C) weight table from training group ids (N,) and labels (N,)."""
-        counts = _cell_counts(groups, labels, num_groups, num_labels)
+        return self.fit_counts(_cell_counts(groups, labels, num_groups, num_labels))
+
+    def fit_counts(self, counts: Tensor) -> Reweighter:
+        """Fit the (G, C) weight table from (G, C) cell counts or shares (streamed data)."""
+        counts = counts.double()
         table = self.table(counts) * (counts > 0)
         # Normalised so the weights average 1 over the training samples: the loss keeps its scale.
         table = table * counts.sum() / (table * counts).sum()
