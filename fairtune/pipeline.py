@@ -21,6 +21,19 @@ from fairtune.data.loading import (
     tokenize,
     word_pairs,
 )
+from fairtune.data.streaming import (
+    StreamCounts,
+    cell_counts,
+    check_counted_groups,
+    check_streaming_options,
+    count_stream,
+    counted_vocabulary,
+    declared_vocabulary,
+    encode_stream_labels,
+    label_vocabulary,
+    load_streaming_datasets,
+    num_classes,
+)
 from fairtune.evaluation import counterfactual_flip_rate
 from fairtune.groups import VOCAB_FILE, GroupVocabulary, groupings_of
 from fairtune.metrics import GroupResult
@@ -125,9 +138,12 @@ def build(
     if not args.overwrite_output_dir and not args.resume_from_checkpoint:
         check_output_dir(args.output_dir)
     mitigations = Mitigations.from_args(args)  # unknown names and bad options fail before any data loads
+    check_streaming_options(data_args, args, [r.name for r in _reweighters(mitigations)])
     set_seed(args.seed)
     # Given the groupings, loading checks columns, missing values, labels and group counts of every split.
     groupings = groupings_of(args.group_by, args.eval_group_by)
+    if data_args.streaming:
+        return build_streaming(model_args, data_args, args, mitigations)
     raw = load_raw_datasets(data_args, seed=data_args.data_seed_for_splits, groupings=groupings)
     if mitigations.needs_pairs and data_args.counterfactual_augmentation != "add":
         raise ValueError(ERR_PAIRS_NEED_AUGMENTATION.format(method=args.penalty))
@@ -155,6 +171,72 @@ def build(
         group_vocab=vocab,
         mitigations=mitigations,
     )
+    if "test" in data:
+        data["test"] = trainer.prepare_dataset(data["test"], "test")
+    return trainer, data
+
+
+def _reweighters(mitigations: Mitigations) -> list[Any]:
+    """The static (count-fitted) reweighters of a run, loss and sampler mode."""
+    return [r for r in (*mitigations.loss_reweighters, mitigations.sampler_reweighter) if r is not None]
+
+
+def build_streaming(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    args: FairTrainingArguments,
+    mitigations: Mitigations,
+) -> tuple[FairTrainer, Any]:
+    """``build`` for ``streaming: true``: iterable splits, tokenized lazily; vocabulary, class names and
+    reweighting counts declared, loaded or counted in one pass over the training stream (see
+    ``fairtune.data.streaming``). Returns the trainer and the streamed splits; ``trainer.stream_counts``
+    holds a counting pass's result (None without one), which ``train_and_report`` saves."""
+    from transformers import AutoTokenizer
+
+    groupings = groupings_of(args.group_by, args.eval_group_by)
+    raw, sources = load_streaming_datasets(data_args, groupings)
+    counts = StreamCounts.load(data_args.stream_counts) if data_args.stream_counts else None
+    path = resolve_model_path(model_args.model_name_or_path)
+    saved_vocab = os.path.join(path, VOCAB_FILE)
+    if os.path.isfile(saved_vocab):
+        vocab = GroupVocabulary.load(saved_vocab)
+    else:
+        vocab = declared_vocabulary(args.group_by, args.eval_group_by, data_args.group_values)
+    reweighters = _reweighters(mitigations)
+    counted = None
+    needs_counts = bool(reweighters) and not data_args.group_shares
+    if counts is None and (vocab is None or not data_args.class_names or needs_counts):
+        counted = counts = count_stream(raw["train"], groupings, split=f"train ({sources['train']})")
+    if vocab is None:
+        vocab = counted_vocabulary(args.group_by, args.eval_group_by, counts)
+    if counts is not None:
+        check_counted_groups(vocab, counts)
+    class_names = label_vocabulary(data_args.class_names, counts)
+    num_labels = num_classes(class_names, counts)
+    if reweighters:
+        table = cell_counts(
+            vocab, class_names, num_labels, counts, data_args.group_shares, [r.name for r in reweighters]
+        )
+        for reweighter in reweighters:
+            reweighter.fit_counts(table)
+    mitigations.check_task(num_labels, has_validation=True)
+    for split in raw:
+        raw[split] = encode_stream_labels(raw[split], class_names, num_labels, f"{split} ({sources[split]})")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    data = tokenize(
+        raw, tokenizer, data_args.text_column, data_args.text_pair_column, data_args.max_seq_length
+    )
+    model = build_model(model_args, num_labels, class_names)
+    trainer = FairTrainer(
+        model=model,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"],
+        processing_class=tokenizer,
+        group_vocab=vocab,
+        mitigations=mitigations,
+    )
+    trainer.stream_counts = counted
     if "test" in data:
         data["test"] = trainer.prepare_dataset(data["test"], "test")
     return trainer, data
@@ -205,7 +287,9 @@ def train_and_report(
                 k: v for name, r in results.items() for k, v in r.flat(f"{split}_{name}").items()
             }
     flips = None
-    if "test" in data and data_args.text_column in data["test"].column_names:
+    streamed = data_args.streaming
+    # Flip rates and the data audit read a split whole: for streamed data they are left out.
+    if not streamed and "test" in data and data_args.text_column in data["test"].column_names:
         # How often a prediction changes when only the identity terms of the text are swapped.
         flips = counterfactual_flip_rate(
             trainer,
@@ -224,20 +308,28 @@ def train_and_report(
             "mitigation": trainer.mitigations.describe(),
             "post_processing": args.post_processing or "none",
             "data_augmentation": _augmentation_summary(data_args),
-            "train_rows": len(data["train"]),
-            **{f"{s}_rows": len(data[s]) for s in ("validation", "test") if s in data},
         }
+        if streamed:
+            counts = getattr(trainer, "stream_counts", None)
+            run_info["train_rows"] = f"streamed ({counts.rows} rows counted)" if counts else "streamed"
+            if counts is not None:
+                counts.save(args.output_dir)  # a later run can pass it as stream_counts
+        else:
+            run_info["train_rows"] = len(data["train"])
+            run_info.update({f"{s}_rows": len(data[s]) for s in ("validation", "test") if s in data})
         if flips is not None:
             lists = ", ".join(data_args.counterfactual_word_lists)
             run_info[f"counterfactual_flip_rate (test; word lists: {lists})"] = flips.describe()
         write_report(splits, args.output_dir, run_info)
-        audit = audit_dataset(
-            data["train"],
-            groupings_of(args.group_by, args.eval_group_by),
-            min_cell_size=args.min_group_size,
-            confidence=args.confidence_level,
-        )
-        write_audit(audit, os.path.join(args.output_dir, "data_audit"))
+        audit = None
+        if not streamed:
+            audit = audit_dataset(
+                data["train"],
+                groupings_of(args.group_by, args.eval_group_by),
+                min_cell_size=args.min_group_size,
+                confidence=args.confidence_level,
+            )
+            write_audit(audit, os.path.join(args.output_dir, "data_audit"))
         card = render_model_card(
             model_args.model_name_or_path,
             str(run_info["dataset"]),

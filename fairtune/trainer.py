@@ -873,7 +873,7 @@ class FairTrainer(Trainer):
         return thresholds
 
     def _ensure_prepared(self, dataset: Any, split: str) -> Any:
-        if all(c in dataset.column_names for c in self.group_columns):
+        if all(c in (dataset.column_names or []) for c in self.group_columns):  # a stream may not know them
             return dataset
         return self.prepare_dataset(dataset, split)
 

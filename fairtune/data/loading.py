@@ -387,15 +387,31 @@ def augment_training_data(train: Any, args: DataArguments, pair_ids: bool = Fals
 def tokenize(
     raw: Any, tokenizer: Any, text_column: str, text_pair_column: str | None, max_length: int
 ) -> Any:
-    """Tokenize every split without padding (the collator pads each batch to its longest row)."""
-    from fairtune.groups import check_columns
+    """Tokenize every split without padding (the collator pads each batch to its longest row).
+
+    Streamed splits (an ``IterableDatasetDict``) are tokenized lazily, as their rows are read.
+    """
+    import datasets
+
+    from fairtune.groups import ERR_MISSING_COLUMN, check_columns
 
     needed = [text_column] + ([text_pair_column] if text_pair_column else [])
+    streamed = isinstance(raw, datasets.IterableDatasetDict)
     for split in raw:
-        check_columns(raw[split], needed, split=split, what="text_column")
+        if not streamed:
+            check_columns(raw[split], needed, split=split, what="text_column")
+            continue
+        columns = raw[split].column_names or list(raw[split]._resolve_features().column_names)
+        for column in needed:
+            if column not in columns:
+                raise ValueError(
+                    ERR_MISSING_COLUMN.format(split=split, column=column, what="text_column", columns=columns)
+                )
 
     def encode(batch: dict[str, list[Any]]) -> Any:
         pair = batch[text_pair_column] if text_pair_column else None
         return tokenizer(batch[text_column], pair, truncation=True, max_length=max_length)
 
+    if streamed:
+        return raw.map(encode, batched=True)
     return raw.map(encode, batched=True, desc="Tokenizing")

@@ -82,6 +82,10 @@ ERR_STREAM_LABEL_KIND = (
     "Row {row} of the {split} stream has label {value!r}; labels are integer class ids (from 0) or class "
     "names (declare them in class_names)."
 )
+ERR_COUNTED_UNKNOWN_GROUP = (
+    "The training stream holds group {value!r} of grouping {grouping!r} (counting pass), which the group "
+    "vocabulary does not have (its groups: {known}); add it to group_values (or drop such rows)."
+)
 ERR_GROUP_VALUES_KEY = (
     "group_values names {key!r}, which is neither an attribute nor a grouping of group_by / eval_group_by "
     "({known})."
@@ -415,6 +419,16 @@ def counted_vocabulary(
             )
         _set_values(grouping, list(counts.groups[name]))
     return vocab
+
+
+def check_counted_groups(vocab: GroupVocabulary, counts: StreamCounts) -> None:
+    """Refuse a declared vocabulary that lacks a group the counting pass met, before training starts."""
+    for name, grouping in vocab.groupings.items():
+        unknown = sorted(set(counts.groups.get(name, {})) - set(grouping.values))
+        if unknown:
+            raise ValueError(
+                ERR_COUNTED_UNKNOWN_GROUP.format(value=unknown[0], grouping=name, known=grouping.values)
+            )
 
 
 def _set_values(grouping: Grouping, values: list[str]) -> None:
