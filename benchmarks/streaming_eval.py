@@ -18,8 +18,10 @@ by chunk from `numpy.random.default_rng([seed, chunk index])`, so every mode see
 
 Each (mode, N) runs in a fresh Python process, so its peak RSS (`resource.getrusage(RUSAGE_SELF).ru_maxrss`,
 the high-water mark of the process's resident memory, imports included) is its own. Rows per second count
-the evaluation itself (the `update`s and `compute()`, or `evaluate()`), not imports or model building; for
-the in-memory trainer modes building the `Dataset` is not timed either. Every mode reports accuracy and the
+the evaluation (the `update`s and `compute()`, or `evaluate()`), not imports or model building. What the
+stream does is timed with it: `groupstats chunked` includes generating each chunk (the in-memory mode
+generates before the clock starts), `trainer streamed` includes producing the rows; the in-memory trainer
+modes do not time building the `Dataset`. Every mode reports accuracy and the
 demographic parity difference, which must agree across modes for the same N.
 """
 

@@ -114,6 +114,10 @@ ERR_STREAM_VOCAB = (
     "fitted group_vocab (fairtune.data.streaming.declared_vocabulary or counted_vocabulary)."
 )
 ERR_STREAM_TRAIN = "{what} needs the training rows by index, which a streamed training dataset does not have."
+ERR_STREAM_REWEIGHTER = (
+    "{method!r} fits its weights on training counts, which a streamed training dataset does not give: call "
+    "its fit_counts((G, C) counts) first (fairtune.data.streaming.count_stream and cell_counts give them)."
+)
 ERR_LEAN_COMPUTE_METRICS = (
     "lean_evaluation=True keeps no predictions, but compute_metrics needs them: drop one of the two."
 )
@@ -257,6 +261,9 @@ class FairTrainer(Trainer):
             ):
                 if what is not None:
                     raise ValueError(ERR_STREAM_TRAIN.format(what=what))
+            for reweighter in self.mitigations.loss_reweighters:
+                if reweighter.weights is None:
+                    raise ValueError(ERR_STREAM_REWEIGHTER.format(method=reweighter))
             train_dataset = self.prepare_dataset(train_dataset, "training")
         elif train_dataset is not None:
             train_dataset = self.prepare_dataset(train_dataset, "training")
@@ -471,9 +478,7 @@ class FairTrainer(Trainer):
         dataset = known_columns(dataset)
         if self.is_classifier:
             label = self._label_column(dataset, split)
-            if label != "label":
-                dataset = dataset.rename_column(label, "label")
-            dataset = encode_stream_labels(dataset, None, self.num_labels, split)
+            dataset = encode_stream_labels(dataset, None, self.num_labels, split, column=label)
         return encode_stream_groups(dataset, self.group_vocab, split)
 
     def _set_signature_columns_if_needed(self) -> None:

@@ -283,6 +283,14 @@ def test_streamed_evaluation_of_a_trained_model_equals_in_memory(tmp_path, tabul
     assert np.isfinite(streamed["eval_race/demographic_parity_difference"])
     with pytest.raises(ValueError, match="cannot fit the group vocabulary"):
         FairTrainer(MLP(), args, train_dataset=tabular.to_iterable_dataset())
+    args = fair_args(tmp_path, max_steps=6, num_labels=2, reweighting="kamiran_calders")
+    with pytest.raises(ValueError, match="call its fit_counts"):
+        FairTrainer(MLP(), args, train_dataset=tabular.to_iterable_dataset(), group_vocab=vocab)
+    args = fair_args(
+        tmp_path, max_steps=6, num_labels=2, reweighting="balanced_group", reweighting_mode="sampler"
+    )
+    with pytest.raises(ValueError, match="needs the training rows by index"):
+        FairTrainer(MLP(), args, train_dataset=tabular.to_iterable_dataset(), group_vocab=vocab)
 
 
 def _bench():

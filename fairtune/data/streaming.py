@@ -468,8 +468,11 @@ def num_classes(class_names: list[str] | None, counts: StreamCounts | None) -> i
 
 
 # ----- lazy row checks and encodings ------------------------------------------------------------------
-def encode_stream_labels(stream: Any, class_names: list[str] | None, num_labels: int, split: str) -> Any:
-    """Lazily check each row's label and turn a class name into its id (``class_names`` order).
+def encode_stream_labels(
+    stream: Any, class_names: list[str] | None, num_labels: int, split: str, column: str = "label"
+) -> Any:
+    """Lazily check each row's label (in ``column``) and turn a class name into its id (``class_names``
+    order).
 
     Ids must lie in ``[0, num_labels)``; a name outside ``class_names``, a missing label or a float one
     raises naming the row.
@@ -481,10 +484,10 @@ def encode_stream_labels(stream: Any, class_names: list[str] | None, num_labels:
 
     def encode(batch: dict[str, list[Any]], rows: list[int]) -> dict[str, list[int]]:
         out = []
-        for row, value in zip(rows, batch["label"], strict=True):
+        for row, value in zip(rows, batch[column], strict=True):
             if is_missing(value):
                 raise ValueError(
-                    ERR_STREAM_MISSING.format(row=row, split=split, column="label", what="label_column")
+                    ERR_STREAM_MISSING.format(row=row, split=split, column=column, what="label_column")
                 )
             if index is not None and isinstance(value, str):
                 if value not in index:
@@ -499,11 +502,11 @@ def encode_stream_labels(stream: Any, class_names: list[str] | None, num_labels:
                     ERR_STREAM_UNKNOWN_LABEL.format(row=row, split=split, value=value, known=known)
                 )
             out.append(int(value))
-        return {"label": out}
+        return {column: out}
 
     stream = known_columns(stream)
     features = stream.features.copy()
-    features["label"] = datasets.ClassLabel(names=class_names) if class_names else datasets.Value("int64")
+    features[column] = datasets.ClassLabel(names=class_names) if class_names else datasets.Value("int64")
     return stream.map(encode, batched=True, with_indices=True, features=features)
 
 
