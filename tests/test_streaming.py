@@ -305,7 +305,7 @@ def _bench():
 def test_streaming_benchmark_core_runs_on_a_tiny_n(tmp_path):
     bench = _bench()
     chunked = bench.groupstats_chunked(5_000, chunk=1_000)
-    whole = bench.groupstats_in_memory(5_000)
+    whole = bench.groupstats_in_memory(5_000, chunk=1_000)  # same chunks: the same rows
     assert chunked["accuracy"] == pytest.approx(whole["accuracy"]) and chunked["rows"] == 5_000
     assert chunked["dp_difference"] == pytest.approx(whole["dp_difference"])
     streamed = bench.trainer_eval(2_000, streamed=True, out=str(tmp_path / "a"))
