@@ -22,6 +22,7 @@ from fairtune.data.loading import (
     word_pairs,
 )
 from fairtune.data.streaming import (
+    ERR_STREAM_OPTION,
     StreamCounts,
     cell_counts,
     check_counted_groups,
@@ -129,6 +130,9 @@ def build(
     """
     from transformers import AutoTokenizer, set_seed
 
+    if args.task == "causal_lm" and data_args.streaming:
+        reason = "causal LM runs read their corpus in memory; streaming is for classification."
+        raise ValueError(ERR_STREAM_OPTION.format(option="task='causal_lm'", reason=reason))
     check_model_for_task(model_args.model_name_or_path, args.task)
     if args.task == "causal_lm":
         from fairtune.lm_pipeline import build_causal_lm

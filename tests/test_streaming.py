@@ -195,6 +195,7 @@ def test_what_a_stream_cannot_do_is_refused_by_name_before_anything_is_written(t
         (dict(validation_file=None), {}, "has no 'validation' split"),
         (dict(group_shares={"Male": 1.0}), {}, "no count-based reweighting"),
         (dict(streaming=False, group_values={"sex": ["F", "M"]}), {}, "group_values is set, but streaming"),
+        (dict(), dict(task="causal_lm"), "task='causal_lm' is not supported with streaming"),
     ]
     for data_kw, train_kw, message in cases:
         out = tmp_path / "never"
