@@ -184,6 +184,40 @@ def trainer_eval(
     }
 
 
+def rss_trace(n: int, every: int = 10, batch: int = 1024, groups: int = 16) -> list[tuple[int, int]]:
+    """(rows evaluated, VmRSS MiB) every ``every`` batches of a streamed ``trainer_eval(n)``: whether the
+    resident memory of one streamed evaluation grows as it reads rows (``/proc/self/status``, Linux)."""
+    from transformers import TrainerCallback
+
+    import fairtune.trainer
+
+    trace: list[tuple[int, int]] = []
+
+    class Trace(TrainerCallback):
+        steps = 0
+
+        def on_prediction_step(self, args, state, control, **kwargs):
+            self.steps += 1
+            if self.steps % every == 0:
+                with open("/proc/self/status") as f:
+                    rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+                trace.append((self.steps * batch, rss // 1024))
+
+    init = fairtune.trainer.FairTrainer.__init__
+
+    def traced_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.add_callback(Trace())
+
+    fairtune.trainer.FairTrainer.__init__ = traced_init
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            trainer_eval(n, True, out, groups=groups, batch=batch)
+    finally:
+        fairtune.trainer.FairTrainer.__init__ = init
+    return trace
+
+
 def _worker(mode: str, n: int, chunk: int, groups: int, batch: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as out:
         if mode == "groupstats chunked":
@@ -244,8 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=65_536)
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--rss-trace", type=int, default=None, metavar="N", help="only trace VmRSS over N rows"
+    )
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rss_trace:
+        trace = rss_trace(args.rss_trace, batch=args.batch, groups=args.groups)
+        print("rows evaluated, VmRSS MiB:", ", ".join(f"{r:,}: {m}" for r, m in trace))
+        return 0
     if args.worker:
         print(json.dumps(_worker(args.worker[0], int(args.worker[1]), args.chunk, args.groups, args.batch)))
         return 0
