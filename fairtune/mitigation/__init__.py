@@ -6,6 +6,7 @@
 * Adversarial debiasing: ``Adversary`` (and ``EqualizedOddsAdversary``).
 * Reweighting and sampling: ``KamiranCalders``, ``BalancedGroup``, ``BalancedLabel``,
   ``BalancedGroupLabel`` (as loss weights or as a sampler), and ``GroupDRO``.
+* Constraints with stated bounds: ``LagrangianConstraints`` of ``Constraint`` objects (``constraints:``).
 * Post-processing: ``GroupThresholds``.
 
 Pass objects as ``FairTrainer(..., mitigations=[...])``, or name them in a config (``penalty:``,
@@ -16,6 +17,7 @@ Importing this package registers the built-in methods (``registry`` itself impor
 from fairtune.mitigation.adversary import Adversary, EqualizedOddsAdversary, grad_reverse
 from fairtune.mitigation.combined import Mitigations, TermLog
 from fairtune.mitigation.consistency import CounterfactualConsistency
+from fairtune.mitigation.constraints import Constraint, LagrangianConstraints, parse_constraints
 from fairtune.mitigation.penalties import (
     DemographicParity,
     EqualizedOdds,
@@ -48,6 +50,7 @@ __all__ = [
     "BalancedGroup",
     "BalancedGroupLabel",
     "BalancedLabel",
+    "Constraint",
     "CounterfactualConsistency",
     "DemographicParity",
     "EqualOpportunity",
@@ -56,6 +59,7 @@ __all__ = [
     "GroupDRO",
     "GroupThresholds",
     "KamiranCalders",
+    "LagrangianConstraints",
     "LossParity",
     "MinDiff",
     "Mitigations",
@@ -72,6 +76,7 @@ __all__ = [
     "group_sums",
     "lookup",
     "names",
+    "parse_constraints",
     "rates_from_sums",
     "register",
     "spread",

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from fairtune.mitigation.adversary import Adversary
+from fairtune.mitigation.constraints import LagrangianConstraints
 from fairtune.mitigation.penalties import Penalty, PenaltyBatch
 from fairtune.mitigation.registry import build
 from fairtune.mitigation.reweighting import GroupDRO, Reweighter, WeightedEpochSampler
@@ -34,7 +35,8 @@ logger = logging.getLogger(__name__)
 Reduce = Callable[[Tensor, str], Tensor]
 
 ERR_MITIGATION_TYPE = (
-    "mitigations must be Penalty, Reweighter, GroupDRO or Adversary objects; got {kind}. Post-processing "
+    "mitigations must be Penalty, Reweighter, GroupDRO, Adversary or LagrangianConstraints objects; got "
+    "{kind}. Post-processing "
     "(GroupThresholds) is fitted after training, on validation predictions: name it in "
     "FairTrainingArguments.post_processing."
 )
@@ -63,6 +65,10 @@ ERR_POSTPROCESS_NO_VALIDATION = (
 ERR_POSTPROCESS_BINARY = (
     "post_processing {name!r} sets thresholds on the positive-class score of a binary classifier; this "
     "task has {num_labels} classes."
+)
+ERR_CONSTRAINTS_UNSYNCED = (
+    "constraints need penalty_sync: true: their multipliers are updated from statistics gathered across "
+    "processes, which keeps them identical on every process."
 )
 WARN_STATE_RESET = (
     "Resuming from {checkpoint}, which holds no saved state for: {parts}. They start fresh, so the resumed "
@@ -121,9 +127,10 @@ class Mitigations:
     """The mitigation methods of one training run, sorted by family.
 
     Args:
-        methods: ``Penalty``, ``Reweighter``, ``GroupDRO`` and ``Adversary`` objects, in any order. At most
-            one adversary, one GroupDRO and one sampler-mode reweighter; any number of penalties and
-            loss-weight reweighters (their weights multiply).
+        methods: ``Penalty``, ``Reweighter``, ``GroupDRO``, ``Adversary`` and ``LagrangianConstraints``
+            objects, in any order. At most one adversary, one GroupDRO, one set of constraints and one
+            sampler-mode reweighter; any number of penalties and loss-weight reweighters (their weights
+            multiply).
         post_processing: unfitted ``GroupThresholds`` (or None), fitted by the trainer after training.
     """
 
@@ -134,6 +141,7 @@ class Mitigations:
         reweighters: list[Reweighter] = []
         dro: list[GroupDRO] = []
         adversaries: list[Adversary] = []
+        constraints: list[LagrangianConstraints] = []
         for method in self.methods:
             if isinstance(method, Penalty):
                 self.penalties.append(method)
@@ -143,16 +151,24 @@ class Mitigations:
                 dro.append(method)
             elif isinstance(method, Adversary):
                 adversaries.append(method)
+            elif isinstance(method, LagrangianConstraints):
+                constraints.append(method)
             else:
                 raise TypeError(ERR_MITIGATION_TYPE.format(kind=type(method).__name__))
         samplers = [r for r in reweighters if r.mode == "sampler"]
-        for what, items in (("adversary", adversaries), ("GroupDRO", dro), ("sampler", samplers)):
+        for what, items in (
+            ("adversary", adversaries),
+            ("GroupDRO", dro),
+            ("sampler", samplers),
+            ("LagrangianConstraints", constraints),
+        ):
             if len(items) > 1:
                 raise ValueError(ERR_MITIGATION_TWICE.format(what=what, count=len(items), items=items))
         self.loss_reweighters = [r for r in reweighters if r.mode == "weights"]
         self.sampler_reweighter = samplers[0] if samplers else None
         self.group_dro = dro[0] if dro else None
         self.adversary = adversaries[0] if adversaries else None
+        self.constraints = constraints[0] if constraints else None
         self.penalty_keys = _unique_keys([f"penalty/{p.name}" for p in self.penalties])
 
     @classmethod
@@ -170,6 +186,10 @@ class Mitigations:
             )
             if name
         ]
+        if getattr(args, "constraints", None):
+            if not args.penalty_sync:
+                raise ValueError(ERR_CONSTRAINTS_UNSYNCED)
+            methods.append(LagrangianConstraints.from_args(args))
         post = build("post_processing", args.post_processing, args) if args.post_processing else None
         return cls([*methods, *extra], post_processing=post)
 
@@ -201,6 +221,8 @@ class Mitigations:
         pairing = next((m for m in self.methods if getattr(m, "needs_pairs", False)), None)
         if pairing is not None and self.sampler_reweighter is not None:
             raise ValueError(ERR_PAIRS_AND_SAMPLER.format(method=pairing, sampler=self.sampler_reweighter))
+        if self.constraints is not None and task == "classification":
+            self.constraints.check_num_labels(num_labels)
         post = self.post_processing
         if post is not None and task != "classification":
             raise ValueError(ERR_TASK.format(method=post, task=task, tasks="classification"))
@@ -241,6 +263,8 @@ class Mitigations:
                 raise ValueError(ERR_REWEIGHTER_UNFITTED.format(method=reweighter))
         if self.group_dro is not None:
             self.group_dro.setup(num_groups)
+        if self.constraints is not None:
+            self.constraints.setup()
         if self.adversary is not None:
             self.adversary.build(model, num_groups, num_labels)
 
@@ -250,6 +274,8 @@ class Mitigations:
             self.adversary.head.to(device)
         if self.group_dro is not None:
             self.group_dro.to(device)
+        if self.constraints is not None:
+            self.constraints.to(device)
         return self
 
     @property
@@ -329,6 +355,11 @@ class Mitigations:
             value = penalty(batch)
             log.add(key, value)
             terms.append(penalty.weight_at(step) * value)
+        if self.constraints is not None:
+            term, logs = self.constraints.loss(batch, step)
+            for key, value in logs.items():
+                log.add(key, value)
+            terms.append(term)
         if self.adversary is not None:
             representation = self.adversary.representation(outputs, batch.logits, attention_mask)
             adv_losses, correct = self.adversary.loss(representation, batch.groups, batch.labels)
@@ -346,8 +377,10 @@ class Mitigations:
 
     # ----- state ----------------------------------------------------------------------------------------
     def stateful_parts(self) -> list[str]:
-        """Names of the parts with training state: ``adversary`` and ``group_dro`` when present."""
-        return [name for name, obj in (("adversary", self.adversary), ("group_dro", self.group_dro)) if obj]
+        """Names of the present parts with training state: adversary, group_dro, constraints."""
+        parts = [("adversary", self.adversary), ("group_dro", self.group_dro)]
+        parts.append(("constraints", self.constraints))
+        return [name for name, obj in parts if obj]
 
     def state_dict(self) -> dict[str, Any]:
         """State of the adversary head and of GroupDRO, as saved in checkpoints."""
@@ -356,6 +389,8 @@ class Mitigations:
             state["adversary"] = self.adversary.head.state_dict()
         if self.group_dro is not None:
             state["group_dro"] = self.group_dro.state_dict()
+        if self.constraints is not None:
+            state["constraints"] = self.constraints.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> list[str]:
@@ -364,6 +399,8 @@ class Mitigations:
             self.adversary.head.load_state_dict(state["adversary"])
         if self.group_dro is not None and "group_dro" in state:
             self.group_dro.load_state_dict(state["group_dro"])
+        if self.constraints is not None and "constraints" in state:
+            self.constraints.load_state_dict(state["constraints"])
         return [part for part in self.stateful_parts() if part not in state]
 
 
