@@ -108,6 +108,19 @@ ERR_PAIRS_MISSING = (
     "fairtune.data.lm_corpus.cda_corpus."
 )
 ERR_POSTPROCESS_NONE = "No post-processing configured: set post_processing or pass a GroupThresholds."
+# FSDP (issue 11 point 7): two combinations that accelerate or torch would get wrong without a word.
+ERR_FSDP_ON_CPU = (
+    "FSDP was requested ({source}), but this run is on the CPU, where accelerate drops the FSDP settings "
+    "without a word (it runs the processes as plain DDP, or under `accelerate launch` as unconnected "
+    "single-process runs). Train on GPUs for FSDP, or launch with configs/accelerate_multi_gpu.yaml or "
+    "torchrun for DDP on the CPU."
+)
+ERR_FSDP_ADVERSARY_CHECKPOINTS = (
+    "An adversary under FSDP cannot be checkpointed: its head trains in a parameter group of the model's "
+    "optimizer but lives outside the FSDP-wrapped model, and torch's FSDP optimizer state dict fails on "
+    "parameters it does not manage (KeyError). Set save_strategy='no', or train the adversary with DDP "
+    "(configs/accelerate_multi_gpu.yaml)."
+)
 
 
 def model_task(model: nn.Module) -> str | None:
@@ -225,6 +238,7 @@ class FairTrainer(Trainer):
             mitigations = Mitigations.from_args(args, mitigations or [])
         self.mitigations = mitigations
         self.mitigations.check_model(model, kwargs.get("optimizers"))
+        check_fsdp(args, self.mitigations.adversary is not None)
         self.group_vocab = self._resolve_vocab(args, group_vocab, train_dataset)
         self.group_columns = [group_column(name) for name in self.group_vocab.groupings]
         self.train_group_column = group_column(self.group_vocab.train_grouping)
@@ -836,7 +850,9 @@ class FairTrainer(Trainer):
         if not self.mitigations.stateful_parts():
             return
         path = os.path.join(resume_from_checkpoint, MITIGATION_STATE_FILE)
-        state = torch.load(path, map_location=self.args.device) if os.path.isfile(path) else {}
+        # Loaded on the CPU, then copied into the live state on its device: on several CPU processes
+        # args.device is "cpu:<rank>", a location torch.load cannot map to.
+        state = torch.load(path, map_location="cpu") if os.path.isfile(path) else {}
         reset = self.mitigations.load_state_dict(state)
         if reset:
             logger.warning(WARN_STATE_RESET.format(checkpoint=resume_from_checkpoint, parts=", ".join(reset)))
@@ -854,6 +870,18 @@ RUN_MARKERS = (
     "trainer_state.json",
     "group_vocab.json",
 )
+
+
+def check_fsdp(args: FairTrainingArguments, has_adversary: bool) -> None:
+    """Refuse FSDP where it would be ignored (CPU) or fail at the first checkpoint (with an adversary)."""
+    from_env = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"  # accelerate launch
+    if not (args.fsdp or from_env):
+        return
+    source = f"fsdp={args.fsdp!r}" if args.fsdp else "ACCELERATE_USE_FSDP=true from accelerate launch"
+    if args.use_cpu or args.device.type == "cpu":
+        raise ValueError(ERR_FSDP_ON_CPU.format(source=source))
+    if has_adversary and args.save_strategy != "no":
+        raise ValueError(ERR_FSDP_ADVERSARY_CHECKPOINTS)
 
 
 def check_output_dir(path: str | None) -> None:
