@@ -238,6 +238,8 @@ def measure(spec: ModelSpec, names: list[str], opts: Any) -> dict[str, dict[str,
     """{method: {"median_s", "spread", "peak_bytes"}} for one model, methods round-robin."""
     base, tokenizer = load_model(spec)
     data = load_data(tokenizer, opts.batch_size * (opts.warmup + opts.steps), opts.seq_len)
+    if spec.task == CAUSAL_LM:  # the labels are the token ids; Trainer would pass the class along unused
+        data = {k: ds.remove_columns("label") for k, ds in data.items()}
     times: dict[str, list[list[float]]] = {n: [] for n in names}
     peaks: dict[str, float | None] = {}
     for r in range(opts.repeats):
