@@ -115,6 +115,12 @@ ERR_FSDP_ON_CPU = (
     "single-process runs). Train on GPUs for FSDP, or launch with configs/accelerate_multi_gpu.yaml or "
     "torchrun for DDP on the CPU."
 )
+ERR_PROCESSES_NOT_CONNECTED = (
+    "This process was launched as one of {launched} (WORLD_SIZE={launched}), but the training arguments set "
+    "up no process group (world_size 1): each process would train alone on all the data and write to the "
+    "same output_dir. On a machine without a GPU, transformers joins the processes only with use_cpu: true "
+    "(--use_cpu true)."
+)
 ERR_FSDP_ADVERSARY_CHECKPOINTS = (
     "An adversary under FSDP cannot be checkpointed: its head trains in a parameter group of the model's "
     "optimizer but lives outside the FSDP-wrapped model, and torch's FSDP optimizer state dict fails on "
@@ -238,7 +244,8 @@ class FairTrainer(Trainer):
             mitigations = Mitigations.from_args(args, mitigations or [])
         self.mitigations = mitigations
         self.mitigations.check_model(model, kwargs.get("optimizers"))
-        check_fsdp(args, self.mitigations.adversary is not None)
+        check_fsdp(args, self.mitigations.adversary is not None)  # first: its message is the more specific
+        check_processes(args)
         self.group_vocab = self._resolve_vocab(args, group_vocab, train_dataset)
         self.group_columns = [group_column(name) for name in self.group_vocab.groupings]
         self.train_group_column = group_column(self.group_vocab.train_grouping)
@@ -870,6 +877,16 @@ RUN_MARKERS = (
     "trainer_state.json",
     "group_vocab.json",
 )
+
+
+def check_processes(args: FairTrainingArguments) -> None:
+    """Refuse processes started by a launcher (torchrun, accelerate launch) that would not be joined.
+
+    Seen on a CPU-only machine without ``use_cpu``: every process ran alone, with one process's arguments.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and args.world_size == 1:
+        raise ValueError(ERR_PROCESSES_NOT_CONNECTED.format(launched=launched))
 
 
 def check_fsdp(args: FairTrainingArguments, has_adversary: bool) -> None:

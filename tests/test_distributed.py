@@ -262,3 +262,19 @@ def test_fsdp_with_an_adversary_is_refused_only_when_it_checkpoints():
     check_fsdp(gpu_args("no"), has_adversary=True)  # the final save_model writes no optimizer state
     check_fsdp(gpu_args("steps"), has_adversary=False)  # GroupDRO and penalties hold no parameters
     check_fsdp(gpu_args("steps", fsdp=False), has_adversary=True)  # DDP
+
+
+@pytest.mark.slow
+def test_processes_that_would_not_be_joined_are_refused():
+    """torchrun on a machine without a GPU and without use_cpu: transformers joins no process group, so each
+    process would train alone on all the data into the same output_dir; every rank refuses instead."""
+    from fairtune.trainer import ERR_PROCESSES_NOT_CONNECTED
+
+    cmd = [*_torchrun(), "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    cmd += ["--master_port", str(_free_port()), str(REPO / "tests" / "dist_unjoined.py")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode != 0
+    message = ERR_PROCESSES_NOT_CONNECTED.format(launched=2)
+    for rank in (0, 1):
+        assert f"[rank{rank}]: ValueError: {message}" in proc.stderr
