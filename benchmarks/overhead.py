@@ -17,6 +17,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -44,17 +45,59 @@ METHODS: dict[str, dict[str, Any] | None] = {
 
 
 class StepTimer(TrainerCallback):
-    """Wall time of every optimizer step."""
+    """Wall time of every optimizer step.
 
-    def __init__(self) -> None:
+    ``synchronize`` (e.g. ``torch.cuda.synchronize``) runs before each clock reading: GPU work is queued
+    asynchronously, so without it the clock would measure the launches, not the step (benchmarks/gpu/run.py).
+    """
+
+    def __init__(self, synchronize: Callable[[], None] | None = None) -> None:
         self.times: list[float] = []
         self._start = 0.0
+        self._sync = synchronize or (lambda: None)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._sync()
         self._start = time.perf_counter()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._sync()
         self.times.append(time.perf_counter() - self._start)
+
+
+def build_trainer(
+    fields: dict[str, Any] | None,
+    model: torch.nn.Module,
+    data: Any,
+    tokenizer: Any,
+    common: dict[str, Any],
+    callbacks: list[TrainerCallback],
+    group_by: str = "sex",
+    data_collator: Any = None,
+) -> Trainer:
+    """A plain ``Trainer`` (``fields`` None) or a ``FairTrainer`` with ``fields`` on the same arguments.
+
+    ``common`` holds the ``TrainingArguments`` fields both share. Both get the same ``data``: the plain
+    Trainer drops the attribute columns itself (``remove_unused_columns``), as its users' runs do.
+    """
+    if fields is None:
+        return Trainer(
+            model,
+            TrainingArguments(**common),
+            data_collator=data_collator,
+            train_dataset=data,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+    args = FairTrainingArguments(**common, group_by=group_by, overwrite_output_dir=True, **fields)
+    return FairTrainer(
+        model,
+        args,
+        data_collator=data_collator,
+        train_dataset=data,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
 
 
 def load_model(name: str) -> tuple[torch.nn.Module, Any]:
@@ -89,18 +132,7 @@ def time_method(fields: dict[str, Any] | None, model: torch.nn.Module, tokenizer
         dataloader_num_workers=0,
     )
     timer = StepTimer()
-    model = copy.deepcopy(model)
-    if fields is None:
-        trainer = Trainer(
-            model,
-            TrainingArguments(**common),
-            train_dataset=data,
-            processing_class=tokenizer,
-            callbacks=[timer],
-        )
-    else:
-        args = FairTrainingArguments(**common, group_by="sex", overwrite_output_dir=True, **fields)
-        trainer = FairTrainer(model, args, train_dataset=data, processing_class=tokenizer, callbacks=[timer])
+    trainer = build_trainer(fields, copy.deepcopy(model), data, tokenizer, common, [timer])
     trainer.train()
     return timer.times[opts.warmup :]
 

@@ -52,6 +52,7 @@ class CompactPrinterCallback(PrinterCallback):
 class MitigationStateCallback(TrainerCallback):
     """Keeps a ``Mitigations`` object's training state in step with the model's.
 
+    * When training begins it gives every process process 0's state (``Mitigations.broadcast_state``).
     * After every optimizer step it clears the adversary head's gradients: Trainer zeroes only the model's,
       and the head lives outside the model, so its gradients would pile up over the whole run.
     * After every checkpoint it writes the state (adversary head, GroupDRO weights) into the checkpoint
@@ -61,6 +62,9 @@ class MitigationStateCallback(TrainerCallback):
 
     def __init__(self, mitigations: Any):
         self.mitigations = mitigations
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.mitigations.broadcast_state()  # every process starts from process 0's head
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.mitigations.zero_grad()

@@ -128,6 +128,27 @@ def _is_stream(dataset: Any) -> bool:
     return isinstance(dataset, torch.utils.data.IterableDataset)
 
 
+# FSDP and process groups: combinations that accelerate or torch would get wrong without a word.
+ERR_FSDP_ON_CPU = (
+    "FSDP was requested ({source}), but this run is on the CPU, where accelerate drops the FSDP settings "
+    "without a word (it runs the processes as plain DDP, or under `accelerate launch` as unconnected "
+    "single-process runs). Train on GPUs for FSDP, or launch with configs/accelerate_multi_gpu.yaml or "
+    "torchrun for DDP on the CPU."
+)
+ERR_PROCESSES_NOT_CONNECTED = (
+    "This process was launched as one of {launched} (WORLD_SIZE={launched}), but the training arguments set "
+    "up no process group (world_size 1): each process would train alone on all the data and write to the "
+    "same output_dir. On a machine without a GPU, transformers joins the processes only with use_cpu: true "
+    "(--use_cpu true)."
+)
+ERR_FSDP_ADVERSARY_CHECKPOINTS = (
+    "An adversary under FSDP cannot be checkpointed: its head trains in a parameter group of the model's "
+    "optimizer but lives outside the FSDP-wrapped model, and torch's FSDP optimizer state dict fails on "
+    "parameters it does not manage (KeyError). Set save_strategy='no', or train the adversary with DDP "
+    "(configs/accelerate_multi_gpu.yaml)."
+)
+
+
 def model_task(model: nn.Module) -> str | None:
     """``causal_lm`` or ``classification`` for a transformers model (PEFT-wrapped too), None for others."""
     from transformers.models.auto import modeling_auto
@@ -243,6 +264,8 @@ class FairTrainer(Trainer):
             mitigations = Mitigations.from_args(args, mitigations or [])
         self.mitigations = mitigations
         self.mitigations.check_model(model, kwargs.get("optimizers"))
+        check_fsdp(args, self.mitigations.adversary is not None)  # first: its message is the more specific
+        check_processes(args)
         self.group_vocab = self._resolve_vocab(args, group_vocab, train_dataset)
         self.group_columns = [group_column(name) for name in self.group_vocab.groupings]
         self.train_group_column = group_column(self.group_vocab.train_grouping)
@@ -905,7 +928,9 @@ class FairTrainer(Trainer):
         if not self.mitigations.stateful_parts():
             return
         path = os.path.join(resume_from_checkpoint, MITIGATION_STATE_FILE)
-        state = torch.load(path, map_location=self.args.device) if os.path.isfile(path) else {}
+        # Loaded on the CPU, then copied into the live state on its device: on several CPU processes
+        # args.device is "cpu:<rank>", a location torch.load cannot map to.
+        state = torch.load(path, map_location="cpu") if os.path.isfile(path) else {}
         reset = self.mitigations.load_state_dict(state)
         if reset:
             logger.warning(WARN_STATE_RESET.format(checkpoint=resume_from_checkpoint, parts=", ".join(reset)))
@@ -923,6 +948,28 @@ RUN_MARKERS = (
     "trainer_state.json",
     "group_vocab.json",
 )
+
+
+def check_processes(args: FairTrainingArguments) -> None:
+    """Refuse processes started by a launcher (torchrun, accelerate launch) that would not be joined.
+
+    Seen on a CPU-only machine without ``use_cpu``: every process ran alone, with one process's arguments.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and args.world_size == 1:
+        raise ValueError(ERR_PROCESSES_NOT_CONNECTED.format(launched=launched))
+
+
+def check_fsdp(args: FairTrainingArguments, has_adversary: bool) -> None:
+    """Refuse FSDP where it would be ignored (CPU) or fail at the first checkpoint (with an adversary)."""
+    from_env = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"  # accelerate launch
+    if not (args.fsdp or from_env):
+        return
+    source = f"fsdp={args.fsdp!r}" if args.fsdp else "ACCELERATE_USE_FSDP=true from accelerate launch"
+    if args.use_cpu or args.device.type == "cpu":
+        raise ValueError(ERR_FSDP_ON_CPU.format(source=source))
+    if has_adversary and args.save_strategy != "no":
+        raise ValueError(ERR_FSDP_ADVERSARY_CHECKPOINTS)
 
 
 def check_output_dir(path: str | None) -> None:

@@ -2,8 +2,8 @@
 
 Run as ``torchrun --nproc_per_node 2 tests/dist_train.py OUT_DIR``; tests/test_distributed.py checks that
 the ranks agree: the same GroupDRO weights (group losses are summed over processes before each update), the
-same adversary head (its gradients are averaged, as DDP does for the model) and the same model, and that
-the ranks trained on different samples.
+same adversary head (rank 0's initial weights broadcast, then its gradients averaged, as DDP does for the
+model) and the same model, and that the ranks trained on different samples.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from fairtune.pipeline import shutdown_distributed  # noqa: E402
 
 def main(out_dir: str) -> None:
     out = Path(out_dir).resolve()
-    torch.manual_seed(0)
+    # A different random state on each rank (as a script seeding per process has): the model and the adversary
+    # head are still initialised differently, and must nonetheless train identically on every rank.
+    torch.manual_seed(int(os.environ.get("RANK", "0")))
     args = FairTrainingArguments(
         output_dir=str(out / "trainer"),
         group_by="sex",

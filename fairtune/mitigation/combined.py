@@ -309,6 +309,26 @@ class Mitigations:
         if self.adversary is not None and self.adversary.head is not None:
             self.adversary.head.zero_grad(set_to_none=True)
 
+    def broadcast_state(self) -> None:
+        """Copy process 0's training state (adversary head, GroupDRO weights) to every process.
+
+        DDP broadcasts the model's initial weights, not the head's, which lives outside it: a head drawn from
+        a different random state on each process would stay different for the whole run, though its
+        gradients are averaged. No-op on one process.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return
+        tensors = []
+        if self.adversary is not None and self.adversary.head is not None:
+            tensors += [*self.adversary.head.parameters(), *self.adversary.head.buffers()]
+        if self.group_dro is not None and self.group_dro.log_q is not None:
+            tensors.append(self.group_dro.log_q)
+        with torch.no_grad():
+            for tensor in tensors:
+                dist.broadcast(tensor.data, src=0)
+
     # ----- the loss -------------------------------------------------------------------------------------
     def sample_weights(
         self, losses: Tensor, groups: Tensor, labels: Tensor, reduce: Reduce, log: TermLog
