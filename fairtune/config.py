@@ -330,7 +330,7 @@ class FairTrainingArguments(TrainingArguments):
             "(binary tasks), equalizing the named rate across groups."
         },
     )
-    # Streaming data (issue 11.3): evaluation that keeps only per-group count sums.
+    # Streaming data: evaluation that keeps only per-group count sums.
     lean_evaluation: bool | None = field(
         default=None,
         metadata={
@@ -459,7 +459,7 @@ class DataArguments:
     data_seed_for_splits: int = field(
         default=0, metadata={"help": "Seed of carved splits and subsets (kept apart from the training seed)."}
     )
-    # Streaming data (issue 11.3): fairtune.data.streaming.
+    # Streaming data: fairtune.data.streaming.
     streaming: bool = field(
         default=False,
         metadata={
