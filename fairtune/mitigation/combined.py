@@ -6,7 +6,8 @@ The trainer asks it, at fixed points of a training step, for what the methods ad
 * ``extra_loss``: penalties and the adversary's loss, one scalar;
 * ``train_sampler``: a weighted sampler when a reweighter runs in ``sampler`` mode;
 * ``param_groups`` / ``sync_gradients`` / ``zero_grad``: the adversary head's optimizer group and gradients;
-* ``state_dict`` / ``load_state_dict``: training state saved in checkpoints (adversary head, GroupDRO);
+* ``state_dict`` / ``load_state_dict``: training state saved in checkpoints (adversary head, GroupDRO,
+  penalties' running statistics);
 * ``post_processing``: the (unfitted) group thresholds, fitted after training.
 
 Methods come from the arguments (``Mitigations.from_args``: each named method builds itself through the
@@ -243,6 +244,8 @@ class Mitigations:
             self.group_dro.setup(num_groups)
         if self.adversary is not None:
             self.adversary.build(model, num_groups, num_labels)
+        for penalty in self.penalties:  # running statistics start fresh, like GroupDRO
+            penalty.reset_state()
 
     def to(self, device: torch.device | str) -> Mitigations:
         """Move the training state (adversary head, GroupDRO weights) to ``device``."""
@@ -346,8 +349,10 @@ class Mitigations:
 
     # ----- state ----------------------------------------------------------------------------------------
     def stateful_parts(self) -> list[str]:
-        """Names of the parts with training state: ``adversary`` and ``group_dro`` when present."""
-        return [name for name, obj in (("adversary", self.adversary), ("group_dro", self.group_dro)) if obj]
+        """Names of the parts with training state: ``adversary``, ``group_dro`` and the log key of each
+        penalty with running statistics (``penalty/<name>``) when present."""
+        parts = [name for name, obj in (("adversary", self.adversary), ("group_dro", self.group_dro)) if obj]
+        return parts + [key for key, p in zip(self.penalty_keys, self.penalties, strict=True) if p.stateful]
 
     def state_dict(self) -> dict[str, Any]:
         """State of the adversary head and of GroupDRO, as saved in checkpoints."""
@@ -356,6 +361,9 @@ class Mitigations:
             state["adversary"] = self.adversary.head.state_dict()
         if self.group_dro is not None:
             state["group_dro"] = self.group_dro.state_dict()
+        for key, penalty in zip(self.penalty_keys, self.penalties, strict=True):
+            if penalty.stateful:  # running statistics, under the penalty's log key
+                state[key] = penalty.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> list[str]:
@@ -364,6 +372,9 @@ class Mitigations:
             self.adversary.head.load_state_dict(state["adversary"])
         if self.group_dro is not None and "group_dro" in state:
             self.group_dro.load_state_dict(state["group_dro"])
+        for key, penalty in zip(self.penalty_keys, self.penalties, strict=True):
+            if penalty.stateful and key in state:
+                penalty.load_state_dict(state[key])
         return [part for part in self.stateful_parts() if part not in state]
 
 
