@@ -6,16 +6,24 @@
 * sharded by accelerate's ``BatchSamplerShard`` over W processes, every process gets whole stratified
   batches and one epoch over all processes has no row twice;
 * same seed and epoch -> same order; other epoch or seed -> another order;
-* through ``FairTrainer``: the training dataloader's batches are stratified; conflicts are refused.
+* through ``FairTrainer``: the training dataloader's batches are stratified; conflicts are refused; on 2 gloo
+  processes (torchrun) each rank's batches are stratified and the ranks' rows do not overlap.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from accelerate.data_loader import BatchSamplerShard
 from conftest import MLP, biased_tabular, fair_args
+from test_distributed import _free_port, _torchrun
 from torch.utils.data import BatchSampler
 
 from fairtune import FairTrainer, FairTrainingArguments
@@ -29,6 +37,8 @@ from fairtune.data.stratified import (
     allocate,
     stratum_ids,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def counts_per_batch(batches: np.ndarray, strata: np.ndarray, num_strata: int) -> np.ndarray:
@@ -148,3 +158,27 @@ def test_conflicts_are_refused_before_training(tmp_path):
     )
     with pytest.raises(ValueError, match="batch_sampling"):
         fair_args(tmp_path, batch_sampling="stratified")
+
+
+@pytest.mark.slow  # two torchrun processes: about 25 s, like tests/test_distributed.py
+def test_two_gloo_processes_get_stratified_disjoint_batches(tmp_path):
+    # The dataloader Trainer trains on, sharded by accelerate over 2 gloo ranks (tests/dist_stratified.py).
+    cmd = [*_torchrun(), "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    cmd += [
+        "--master_port",
+        str(_free_port()),
+        str(ROOT / "tests" / "dist_stratified.py"),
+        str(tmp_path / "out"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    keys = []
+    for rank in range(2):
+        result = json.loads((tmp_path / f"out.rank{rank}.json").read_text())
+        assert result["world"] == 2
+        assert len(result["batches"]) == 384 // 8 // 2
+        for batch in result["batches"]:
+            assert sorted(Counter(batch["groups"]).values()) == [1, 1, 2, 4]  # shares 1/2, 1/4, 1/8, 1/8
+            keys += batch["keys"]
+    assert len(keys) == len(set(keys)) == 384  # one epoch over both ranks: every row once, no overlap
