@@ -274,3 +274,39 @@ def test_ema_estimate_is_steadier_and_closer_to_the_full_data_gap():
     ema_est = torch.tensor(estimates["ema"][100:])  # after the EMA has filled
     assert ema_est.var() < 0.1 * batch_est.var()
     assert (ema_est - full).abs().mean() < 0.5 * (batch_est - full).abs().mean()
+
+
+@pytest.mark.slow  # two torchrun processes, about 20 s
+def test_running_state_is_identical_on_two_gloo_processes_and_equals_one_process(tmp_path):
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from dist_running import run
+    from test_distributed import _free_port, _torchrun
+
+    root = Path(__file__).resolve().parent.parent
+    cmd = [*_torchrun(), "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    cmd += [
+        "--master_port",
+        str(_free_port()),
+        str(root / "tests" / "dist_running.py"),
+        str(tmp_path / "out"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"out.rank{r}.json").read_text()) for r in range(2)]
+    single = run(slice(None), None)  # one process, the whole global batches
+    for name in ("ema", "window"):
+        assert ranks[0][name]["past"] == ranks[1][name]["past"]  # bit-identical on both ranks
+        torch.testing.assert_close(torch.tensor(ranks[0][name]["past"]), torch.tensor(single[name]["past"]))
+        for rank in ranks:
+            assert rank[name]["values"] == pytest.approx(single[name]["values"], rel=1e-5, abs=1e-7)
+            lo, hi = rank["rows"]
+            for got, full in zip(rank[name]["grads"], single[name]["grads"], strict=True):
+                # The backward of the cross-process sum: W = 2 times the single-process gradient of its rows.
+                torch.testing.assert_close(
+                    torch.tensor(got), 2 * torch.tensor(full)[lo:hi], rtol=1e-5, atol=1e-7
+                )
