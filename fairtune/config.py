@@ -273,6 +273,17 @@ class FairTrainingArguments(TrainingArguments):
             "command line, e.g. '{\"eta\": 0.05}' (group_dro); an argument it does not take is an error."
         },
     )
+    # Group-stratified micro-batches (fairtune.data.stratified; the choices are its BATCH_SAMPLING).
+    batch_sampling: Literal["random", "group_stratified", "group_label_stratified"] = field(
+        default="random",
+        metadata={
+            "help": "Order of the training rows. random: Trainer's shuffle; group_stratified: every "
+            "micro-batch (on every process) holds every group of group_by in proportion to its share of the "
+            "training set (at least one row each when the batch has room; with more groups than rows, the "
+            "groups take turns); group_label_stratified: the same for every group x label cell. Not with a "
+            "sampler-mode reweighter or counterfactual pairs."
+        },
+    )
     adversary: str | None = field(
         default=None,
         metadata={

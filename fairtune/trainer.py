@@ -40,6 +40,7 @@ from fairtune.callbacks import (
 )
 from fairtune.config import FairTrainingArguments
 from fairtune.data.collator import FairDataCollator
+from fairtune.data.stratified import GroupStratifiedSampler, check_batch_sampling, stratum_ids
 from fairtune.groups import (
     GROUP_COLUMN_PREFIX,
     PAIR_COLUMN,
@@ -275,6 +276,7 @@ class FairTrainer(Trainer):
         self.num_labels = self._resolve_num_labels(model, args, train_dataset) if self.is_classifier else 1
         has_validation = eval_dataset is not None and not isinstance(eval_dataset, dict)
         self.mitigations.check_task(self.num_labels, has_validation, self.task)
+        check_batch_sampling(args, self.mitigations)  # a stratified order and another sampler conflict
         train_groups = train_labels = None
         if _is_stream(train_dataset):
             # Reweighters must be fitted already (Reweighter.fit_counts on counted or declared counts).
@@ -413,9 +415,18 @@ class FairTrainer(Trainer):
         check_pairs(dataset)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-        """A pair sampler when a method compares counterfactual pairs (both rows of a pair in one
-        micro-batch), a weighted sampler when a reweighter runs in ``sampler`` mode, else Trainer's own."""
+        """A group-stratified sampler with ``batch_sampling`` other than random, a pair sampler when a method
+        compares counterfactual pairs (both rows of a pair in one micro-batch), a weighted sampler when a
+        reweighter runs in ``sampler`` mode, else Trainer's own."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.batch_sampling != "random":  # every group in every micro-batch, on every process
+            groups, labels = self._train_groups_and_labels(dataset)
+            return GroupStratifiedSampler(
+                stratum_ids(groups, labels, self.num_labels, self.args.batch_sampling),
+                self._train_batch_size,
+                num_replicas=self.args.world_size,
+                seed=self.args.data_seed or self.args.seed,
+            )
         if self.mitigations.needs_pairs and PAIR_COLUMN in dataset.column_names:
             from fairtune.data.pairs import PairSampler
 

@@ -6,7 +6,8 @@ The trainer asks it, at fixed points of a training step, for what the methods ad
 * ``extra_loss``: penalties and the adversary's loss, one scalar;
 * ``train_sampler``: a weighted sampler when a reweighter runs in ``sampler`` mode;
 * ``param_groups`` / ``sync_gradients`` / ``zero_grad``: the adversary head's optimizer group and gradients;
-* ``state_dict`` / ``load_state_dict``: training state saved in checkpoints (adversary head, GroupDRO);
+* ``state_dict`` / ``load_state_dict``: training state saved in checkpoints (adversary head, GroupDRO,
+  penalties' running statistics);
 * ``post_processing``: the (unfitted) group thresholds, fitted after training.
 
 Methods come from the arguments (``Mitigations.from_args``: each named method builds itself through the
@@ -267,6 +268,8 @@ class Mitigations:
             self.constraints.setup()
         if self.adversary is not None:
             self.adversary.build(model, num_groups, num_labels)
+        for penalty in self.penalties:  # running statistics start fresh, like GroupDRO
+            penalty.reset_state()
 
     def to(self, device: torch.device | str) -> Mitigations:
         """Move the training state (adversary head, GroupDRO weights) to ``device``."""
@@ -397,13 +400,15 @@ class Mitigations:
 
     # ----- state ----------------------------------------------------------------------------------------
     def stateful_parts(self) -> list[str]:
-        """Names of the present parts with training state: adversary, group_dro, constraints."""
-        parts = [("adversary", self.adversary), ("group_dro", self.group_dro)]
-        parts.append(("constraints", self.constraints))
-        return [name for name, obj in parts if obj]
+        """Names of the parts with training state: ``adversary``, ``group_dro``, ``constraints`` and the log
+        key of each penalty with running statistics (``penalty/<name>``) when present."""
+        named = [("adversary", self.adversary), ("group_dro", self.group_dro)]
+        named.append(("constraints", self.constraints))
+        parts = [name for name, obj in named if obj]
+        return parts + [key for key, p in zip(self.penalty_keys, self.penalties, strict=True) if p.stateful]
 
     def state_dict(self) -> dict[str, Any]:
-        """State of the adversary head and of GroupDRO, as saved in checkpoints."""
+        """Training state of every stateful part (``stateful_parts``), as saved in checkpoints."""
         state: dict[str, Any] = {}
         if self.adversary is not None and self.adversary.head is not None:
             state["adversary"] = self.adversary.head.state_dict()
@@ -411,6 +416,9 @@ class Mitigations:
             state["group_dro"] = self.group_dro.state_dict()
         if self.constraints is not None:
             state["constraints"] = self.constraints.state_dict()
+        for key, penalty in zip(self.penalty_keys, self.penalties, strict=True):
+            if penalty.stateful:  # running statistics, under the penalty's log key
+                state[key] = penalty.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> list[str]:
@@ -421,6 +429,9 @@ class Mitigations:
             self.group_dro.load_state_dict(state["group_dro"])
         if self.constraints is not None and "constraints" in state:
             self.constraints.load_state_dict(state["constraints"])
+        for key, penalty in zip(self.penalty_keys, self.penalties, strict=True):
+            if penalty.stateful and key in state:
+                penalty.load_state_dict(state[key])
         return [part for part in self.stateful_parts() if part not in state]
 
 

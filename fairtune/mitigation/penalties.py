@@ -39,6 +39,31 @@ run whose micro-batch m is the union of the processes' micro-batches m, not one 
 spread is not linear in the batch): exact for the former, an approximation of the latter. Spanning the
 micro-batches of a step is not done.
 
+Running statistics (``RatePenalty(running="ema" | "window")``, ``RunningSums``). With a small micro-batch
+and many groups, a batch's per-group rates are noisy and most groups are absent. The penalty can instead take
+its rates from the (G, K) sums of past batches combined with the current one::
+
+    ema:     num_hat = m * num_past.detach() + num_batch  (den_hat alike); then num_past <- num_hat.detach()
+    window:  num_hat = sum of the last ``window`` batches' num (detached) + num_batch  (den_hat alike)
+    rate = num_hat / den_hat per (group, column)
+
+Only the current batch's terms carry the gradient (past batches came from older parameters). The gradient of
+a rate on the batch's sums is 1 / den_hat, smaller than the batch estimator's 1 / den_batch by about (1 - m),
+so by default (``rescale=True``) each cell's gradient is multiplied by den_hat / den_batch (detached): the
+value is the running estimate, the gradient has the per-sample scale of the batch estimator, and its
+direction uses the running rates (a lower-variance outer derivative, as in stochastic compositional gradient
+methods). The sums are updated from the sums *after* ``batch.sync``, so they are identical on every process.
+They are updated once per call when gradients are enabled (training), i.e. once per micro-batch: under
+gradient accumulation the micro-batches of one optimizer step enter the running sums one after another, which
+is what the estimator wants (each is a new sample under the same parameters), and the EMA horizon counts
+micro-batches, not optimizer steps. Under ``torch.no_grad`` (evaluation, prediction) the running sums are
+read, never changed (the trainer calls penalties in training only anyway). The state is saved in checkpoints
+(``Mitigations.state_dict``) and restored on resume.
+
+Mixed precision. ``Penalty.__call__`` runs ``compute`` with autocast disabled and returns a float32 scalar:
+under bf16/fp16 autocast a matmul of the group sums would otherwise run in half precision (8 bits of mantissa
+for a sum over the batch). Statistics take float32 probabilities and losses whatever the logits' dtype.
+
 Collectives: every process must run the same penalty computations in the same order (they do: the trainer
 computes the same penalties on every process), and every branch taken after the sum depends on global sums
 only, so that the backward collectives match. With ``sync`` None (one process, or ``penalty_sync: false``) no
@@ -48,6 +73,7 @@ collective runs and each process penalises its own micro-batch, as before.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -64,6 +90,21 @@ ERR_SPREAD = "spread must be one of {valid}; got {spread!r}."
 ERR_WEIGHT = "The weight of penalty {name!r} must be a finite number >= 0; got {weight}."
 ERR_WARMUP = "warmup_steps of penalty {name!r} must be >= 0; got {warmup}."
 ERR_BANDWIDTH = "MinDiff bandwidth must be > 0; got {bandwidth}."
+RUNNING_MODES = ("none", "ema", "window")
+ERR_RUNNING = (
+    "running (the running group statistics of penalty {name!r}) must be one of {valid}; got {running!r}."
+)
+ERR_MOMENTUM = "momentum of penalty {name!r} must lie in [0, 1); got {momentum}."
+ERR_WINDOW = "window of penalty {name!r} must be an int >= 1 (past batches kept); got {window!r}."
+ERR_RUNNING_STATE = (
+    "Saved running statistics of penalty {name!r} do not fit: {problem}. Was the checkpoint written with "
+    "other penalty options?"
+)
+ERR_RUNNING_SHAPE = (
+    "Running statistics of penalty {name!r} hold (G, K) = {have}, but this batch gives {got}: the number of "
+    "groups or classes changed; call reset_state() before reusing the penalty on other data."
+)
+ERR_RUNNING_OPTION = "{option} of penalty {name!r} applies to running: {mode} only; got running: {running!r}."
 
 
 class _SumAcrossProcesses(torch.autograd.Function):
@@ -243,6 +284,93 @@ def spread(rates: Tensor, present: Tensor, overall: Tensor, how: str = "max_gap"
     return rms[usable].mean()
 
 
+class RunningSums:
+    """Running sums of a statistic over past batches (detached), combined with the current batch's sums.
+
+    The state is one tensor shape S of sums (a rate penalty uses S = (2, G, K): numerators and denominators),
+    never a ratio, so it adds like the batch sums it is made of. ``combine(current)`` gives the estimate whose
+    gradient flows through ``current`` only; ``update(current)`` adds the current sums to the past (call it
+    with the sums every process agrees on, i.e. after any cross-process sum, and only in training).
+
+    * ``ema``: ``combine = momentum * past + current``; ``update``: ``past <- momentum * past + current``.
+    * ``window``: ``combine = sum of the last window updates + current``; ``update`` appends, dropping the
+      oldest beyond ``window``.
+
+    Reusable by anything that estimates ratios of sums over a stream of batches (a penalty, a constraint's
+    violation). ``state_dict`` / ``load_state_dict`` carry it through checkpoints.
+
+    Args:
+        mode: ``ema`` or ``window``.
+        momentum: EMA decay in [0, 1) (``ema``); 0 keeps no past.
+        window: number of past batches kept (``window``), >= 1.
+        name: owner named in error messages.
+    """
+
+    def __init__(self, mode: str = "ema", momentum: float = 0.9, window: int = 8, name: str = "running sums"):
+        if mode not in RUNNING_MODES[1:]:
+            raise ValueError(ERR_RUNNING.format(name=name, valid=", ".join(RUNNING_MODES[1:]), running=mode))
+        if not (0.0 <= momentum < 1.0):  # also rejects NaN
+            raise ValueError(ERR_MOMENTUM.format(name=name, momentum=momentum))
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(ERR_WINDOW.format(name=name, window=window))
+        self.mode, self.momentum, self.window, self.name = mode, float(momentum), window, name
+        self.past: Tensor | None = None  # ema: the discounted sum of past updates
+        self.history: deque[Tensor] = deque(maxlen=window)  # window: the last `window` updates
+        self.updates = 0
+
+    def past_sum(self, like: Tensor) -> Tensor | None:
+        """The detached contribution of past batches, on ``like``'s device (None before any update)."""
+        if self.updates == 0:
+            return None
+        past = self.momentum * self.past if self.mode == "ema" else torch.stack(list(self.history)).sum(0)
+        if past.shape != like.shape:
+            raise ValueError(
+                ERR_RUNNING_SHAPE.format(name=self.name, have=tuple(past.shape), got=tuple(like.shape))
+            )
+        return past.to(like.device)
+
+    def combine(self, current: Tensor) -> Tensor:
+        """``past + current`` (same shape as ``current``); only ``current`` carries a gradient."""
+        past = self.past_sum(current)
+        return current if past is None else past + current
+
+    def update(self, current: Tensor) -> None:
+        """Add this batch's sums (detached, float32) to the past."""
+        current = current.detach().float()
+        self.past_sum(current)  # shape check
+        if self.mode == "ema":
+            self.past = (
+                current if self.past is None else self.momentum * self.past.to(current.device) + current
+            )
+        else:
+            self.history.append(current)
+        self.updates += 1
+
+    def reset(self) -> None:
+        """Forget the past (e.g. before training on other data)."""
+        self.past, self.history, self.updates = None, deque(maxlen=self.window), 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state as tensors and numbers (``torch.save``-able)."""
+        history = torch.stack(list(self.history)) if self.history else None
+        return {"mode": self.mode, "updates": self.updates, "past": self.past, "history": history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a ``state_dict``; a state of another mode is an error (its past means something else)."""
+        if state.get("mode") != self.mode:
+            problem = f"saved with running: {state.get('mode')!r}, now {self.mode!r}"
+            raise ValueError(ERR_RUNNING_STATE.format(name=self.name, problem=problem))
+        self.reset()
+        self.updates = int(state["updates"])
+        self.past = state["past"]
+        if state["history"] is not None:
+            self.history.extend(state["history"].unbind(0))  # maxlen keeps the last `window`
+
+    def __repr__(self) -> str:
+        option = f"momentum={self.momentum}" if self.mode == "ema" else f"window={self.window}"
+        return f"RunningSums({self.mode}, {option}, updates={self.updates})"
+
+
 class Penalty:
     """Base class of a fairness penalty added to the task loss: ``weight * compute(batch)``.
 
@@ -289,7 +417,27 @@ class Penalty:
         raise NotImplementedError(f"{type(self).__name__} must implement compute(batch) -> scalar tensor")
 
     def __call__(self, batch: PenaltyBatch) -> Tensor:
-        return self.compute(batch)
+        """``compute(batch)`` in float32: autocast is off inside, so statistics never run in bf16/fp16."""
+        device = batch.logits.device.type
+        if not torch.amp.is_autocast_available(device):
+            return self.compute(batch).float()
+        with torch.autocast(device, enabled=False):
+            return self.compute(batch).float()
+
+    # Training state (running statistics): none by default; saved in checkpoints by ``Mitigations``.
+    @property
+    def stateful(self) -> bool:
+        """Whether the penalty keeps training state that checkpoints must carry."""
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+    def reset_state(self) -> None:
+        return None
 
     def __repr__(self) -> str:
         extra = {k: v for k, v in vars(self).items() if k not in ("weight", "warmup_steps")}
@@ -301,13 +449,63 @@ class RatePenalty(Penalty):
 
     Args:
         spread: ``max_gap``, ``mean_abs_dev`` or ``l2_dev`` (see ``spread``).
+        running: ``none`` (rates of this batch), ``ema`` or ``window``: rates of the running (G, K) sums of
+            past batches (detached) plus this batch's (see the module docstring and ``RunningSums``).
+        momentum: EMA decay of ``running: ema``, in [0, 1) (default 0.9).
+        window: past batches kept by ``running: window``, >= 1 (default 8).
+        rescale: scale each cell's gradient by den_hat / den_batch so the running estimate keeps the batch
+            estimator's gradient scale (default); False: the plain gradient of num_hat / den_hat.
     """
 
-    def __init__(self, weight: float = 1.0, warmup_steps: int = 0, spread: str = "max_gap"):
+    def __init__(
+        self,
+        weight: float = 1.0,
+        warmup_steps: int = 0,
+        spread: str = "max_gap",
+        running: str = "none",
+        momentum: float | None = None,
+        window: int | None = None,
+        rescale: bool = True,
+    ):
         super().__init__(weight, warmup_steps)
         if spread not in SPREADS:
             raise ValueError(ERR_SPREAD.format(valid=", ".join(SPREADS), spread=spread))
+        if running not in RUNNING_MODES:
+            raise ValueError(
+                ERR_RUNNING.format(name=self.name, valid=", ".join(RUNNING_MODES), running=running)
+            )
+        # An option of another mode would be accepted and ignored: refuse it.
+        for option, value, mode in (("momentum", momentum, "ema"), ("window", window, "window")):
+            if value is not None and running != mode:
+                raise ValueError(
+                    ERR_RUNNING_OPTION.format(option=option, name=self.name, mode=mode, running=running)
+                )
         self.spread = spread
+        self.rescale = bool(rescale)
+        self.running: RunningSums | None = None
+        if running != "none":
+            self.running = RunningSums(
+                running,
+                momentum=0.9 if momentum is None else momentum,
+                window=8 if window is None else window,
+                name=self.name,
+            )
+
+    @property
+    def stateful(self) -> bool:
+        return self.running is not None
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"running": ...}`` with running statistics, else {}."""
+        return {} if self.running is None else {"running": self.running.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.running is not None and "running" in state:
+            self.running.load_state_dict(state["running"])
+
+    def reset_state(self) -> None:
+        if self.running is not None:
+            self.running.reset()
 
     def statistic(self, batch: PenaltyBatch) -> tuple[Tensor, Tensor]:
         """Per-sample values (N, K) and 0/1 selections (N, K) whose per-group ratio of sums is the rate."""
@@ -317,7 +515,23 @@ class RatePenalty(Penalty):
         num, den = group_sums(*self.statistic(batch), batch.membership)
         if batch.sync is not None:  # sums of the global batch: one collective for both
             num, den = batch.sync.sum(torch.stack([num, den])).unbind(0)
-        return spread(*rates_from_sums(num, den), self.spread)
+        if self.running is None:
+            return spread(*rates_from_sums(num, den), self.spread)
+        current = torch.stack([num, den])  # (2, G, K), identical on every process after the sync
+        num_hat, den_hat = self.running.combine(current).unbind(0)
+        rates, present, overall = rates_from_sums(num_hat, den_hat)
+        if self.rescale:
+            rates = _rescaled(rates, den_hat / den.clamp_min(1e-12) * (den > 0))
+            overall = _rescaled(overall, den_hat.sum(0) / den.sum(0).clamp_min(1e-12) * (den.sum(0) > 0))
+        if torch.is_grad_enabled():  # training; evaluation under no_grad reads the past without changing it
+            self.running.update(current)
+        return spread(rates, present, overall, self.spread)
+
+
+def _rescaled(value: Tensor, scale: Tensor) -> Tensor:
+    """``value`` with its gradient multiplied by ``scale`` (detached), elementwise."""
+    value_ = value.detach()
+    return value_ + (value - value_) * scale.detach()
 
 
 @register("penalty", "demographic_parity")
