@@ -57,6 +57,7 @@ from fairtune.mitigation.penalties import (
     EqualOpportunity,
     PenaltyBatch,
     RatePenalty,
+    RunningSums,
     group_sums,
     rates_from_sums,
     spread,
@@ -69,7 +70,6 @@ ERR_CONSTRAINT_METRIC = "Constraint on {metric!r}: constraints can bound {valid}
 ERR_CONSTRAINT_BOUND = "The bound of constraint {metric!r} must be a number in [0, 1); got {bound}."
 ERR_CONSTRAINT_TWICE = "Two constraints bound {metric!r}; keep the tighter one."
 ERR_MULTIPLIER_LR = "constraint_learning_rate must be a finite number > 0; got {lr}."
-ERR_MOMENTUM = "constraint momentum must lie in [0, 1); got {momentum}."
 ERR_BINARY_ONLY = (
     "Constraint {metric!r} is defined for binary tasks (it is not among the metrics of a {num_labels}-class "
     "task); multi-class tasks can bound demographic_parity_difference and accuracy_difference."
@@ -188,8 +188,6 @@ class LagrangianConstraints:
             raise ValueError(ERR_NO_CONSTRAINTS)
         if not (math.isfinite(multiplier_lr) and multiplier_lr > 0):
             raise ValueError(ERR_MULTIPLIER_LR.format(lr=multiplier_lr))
-        if not 0 <= momentum < 1:
-            raise ValueError(ERR_MOMENTUM.format(momentum=momentum))
         self.multiplier_lr = float(multiplier_lr)
         self.momentum = float(momentum)
         self.initial_multiplier = float(initial_multiplier)
@@ -197,8 +195,8 @@ class LagrangianConstraints:
         self._statistics = [STATISTICS[c.metric]() for c in self.constraints]
         self.multipliers = torch.full((len(self.constraints),), self.initial_multiplier)
         self.integral = self.multipliers.clone()
-        # Running (G, K) hard numerator and denominator sums per constraint; None until the first batch.
-        self.running: list[tuple[Tensor, Tensor] | None] = [None] * len(self.constraints)
+        # Running (2, G, K) hard numerator and denominator sums per constraint.
+        self.running = [RunningSums("ema", momentum, name=f"constraint {c}") for c in self.constraints]
         self.last_step = -1
         self.last_estimates = torch.full((len(self.constraints),), float("nan"))
 
@@ -219,7 +217,8 @@ class LagrangianConstraints:
         """Fresh multipliers and running counts (a trainer's run starts here; a resume then loads state)."""
         self.multipliers = torch.full((len(self.constraints),), self.initial_multiplier)
         self.integral = self.multipliers.clone()
-        self.running = [None] * len(self.constraints)
+        for running in self.running:
+            running.reset()
         self.last_step = -1
         self.last_estimates = torch.full((len(self.constraints),), float("nan"))
 
@@ -250,11 +249,9 @@ class LagrangianConstraints:
         for j, (statistic, key) in enumerate(zip(self._statistics, self.keys(), strict=True)):
             soft_gap = spread(*rates_from_sums(*self._sums(statistic, batch)), "max_gap")
             with torch.no_grad():
-                num, den = self._sums(statistic, hard)
-                past = self.running[j]
-                if past is not None:
-                    num, den = self.momentum * past[0] + num, self.momentum * past[1] + den
-                self.running[j] = (num, den)
+                sums = torch.stack(self._sums(statistic, hard))
+                num, den = self.running[j].combine(sums).unbind(0)
+                self.running[j].update(sums)
                 rates, present, _ = rates_from_sums(num, den)
                 estimate = _hard_gap(rates, present)
             self.last_estimates[j] = estimate
@@ -269,8 +266,7 @@ class LagrangianConstraints:
         return torch.tensor([c.bound for c in self.constraints])
 
     def to(self, device: torch.device | str) -> LagrangianConstraints:
-        """Move the running counts to ``device`` (multipliers stay on the CPU: they are a few floats)."""
-        self.running = [None if r is None else (r[0].to(device), r[1].to(device)) for r in self.running]
+        """Nothing to move: running counts follow the batches' device, multipliers stay on the CPU."""
         return self
 
     def state_dict(self) -> dict[str, Any]:
@@ -278,7 +274,7 @@ class LagrangianConstraints:
         return {
             "multipliers": self.multipliers.clone(),
             "integral": self.integral.clone(),
-            "running": [None if r is None else (r[0].cpu(), r[1].cpu()) for r in self.running],
+            "running": [r.state_dict() for r in self.running],
             "last_step": self.last_step,
             "last_estimates": self.last_estimates.clone(),
             "constraints": [str(c) for c in self.constraints],
@@ -292,7 +288,8 @@ class LagrangianConstraints:
             raise ValueError(ERR_RESUME_CONSTRAINTS.format(saved=saved, ours=ours))
         self.multipliers = state["multipliers"].clone().float()
         self.integral = state["integral"].clone().float()
-        self.running = [None if r is None else (r[0].clone(), r[1].clone()) for r in state["running"]]
+        for running, saved_running in zip(self.running, state["running"], strict=True):
+            running.load_state_dict(saved_running)
         self.last_step = int(state["last_step"])
         self.last_estimates = state["last_estimates"].clone()
 
