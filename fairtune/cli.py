@@ -226,7 +226,8 @@ def audit_data_main(argv: Sequence[str] | None = None) -> None:
 
         _, data_args, args = parse_config(rest, prog="fairtune audit-data")
         groupings = groupings_of(args.group_by, args.eval_group_by)
-        raw = load_raw_datasets(data_args, seed=data_args.data_seed_for_splits, groupings=groupings)
+        # The audit counts missing attribute values (as a group of their own) whatever the training policy.
+        raw = load_raw_datasets(data_args, data_args.data_seed_for_splits, groupings, missing_group="ignore")
         if opts.split not in raw:
             raise ValueError(f"--split {opts.split!r} is not in the data; splits: {', '.join(raw)}.")
         audit = audit_dataset(

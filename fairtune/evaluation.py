@@ -220,10 +220,13 @@ def write_model_audit(audit: ModelEvaluation, out_dir: str) -> list[str]:
     scores, labels = audit.scores, audit.labels
     for name, result in audit.results.items():
         tag = name.replace("+", "_x_")
-        groups, names = audit.groups[name], audit.names[name][: int(audit.groups[name].max()) + 1]
+        # Rows without a group (id -1, missing_group: ignore) have no curve of their own.
+        grouped = audit.groups[name] >= 0
+        groups = audit.groups[name][grouped]
+        names = audit.names[name][: int(groups.max(initial=-1)) + 1]
         paths.append(plots.plot_group_rates(result, os.path.join(out_dir, f"rates_{tag}.png"), title=name))
-        if scores.shape[1] == 2:
-            positive = scores[:, 1]
+        if scores.shape[1] == 2 and grouped.any():
+            positive, labels = scores[grouped, 1], audit.labels[grouped]
             paths.append(
                 plots.plot_roc(positive, labels, groups, names, os.path.join(out_dir, f"roc_{tag}.png"), name)
             )

@@ -5,6 +5,11 @@ torch tensors, pandas Series / DataFrames or lists, and return what fairlearn's 
 returns on well-defined data (the tests compare with fairlearn's ``MetricFrame``); `metric_frame` returns
 the whole `GroupResult`. Where the numbers deliberately differ from fairlearn (undefined rates are NaN and
 left out of the gaps), see `fairtune.metrics`.
+
+Small groups: every function takes ``min_group_size`` (default 0: every group, as fairlearn). With
+``min_group_size=k``, the gap spans only the groups with at least k rows, the rule `GroupStats` applies to the
+trainer's headline gaps (default 30 there); `metric_frame` still reports the smaller groups and lists them in
+``GroupResult.small_groups``.
 """
 
 from __future__ import annotations
@@ -42,64 +47,94 @@ LOOKUP_MIN_SPAN = 1 << 16
 
 
 def demographic_parity_difference(
-    y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike
+    y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike, min_group_size: int = 0
 ) -> float:
     """Max - min selection rate across groups (binary labels)."""
-    return _binary_gap("demographic_parity_difference", y_true, y_pred, sensitive_features)
+    return _binary_gap("demographic_parity_difference", y_true, y_pred, sensitive_features, min_group_size)
 
 
-def demographic_parity_ratio(y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike) -> float:
+def demographic_parity_ratio(
+    y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike, min_group_size: int = 0
+) -> float:
     """Min / max selection rate across groups (binary labels); NaN when every rate is 0."""
-    return _binary_gap("demographic_parity_ratio", y_true, y_pred, sensitive_features)
+    return _binary_gap("demographic_parity_ratio", y_true, y_pred, sensitive_features, min_group_size)
 
 
 def equalized_odds_difference(
-    y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike, agg: str = "worst_case"
+    y_true: ArrayLike,
+    y_pred: ArrayLike,
+    *,
+    sensitive_features: ArrayLike,
+    agg: str = "worst_case",
+    min_group_size: int = 0,
 ) -> float:
     """Larger ("worst_case") or mean ("mean") of the TPR and FPR differences across groups (binary labels)."""
     gap = "equalized_odds_difference" + _agg_suffix(agg)
-    return _binary_gap(gap, y_true, y_pred, sensitive_features)
+    return _binary_gap(gap, y_true, y_pred, sensitive_features, min_group_size)
 
 
 def equalized_odds_ratio(
-    y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike, agg: str = "worst_case"
+    y_true: ArrayLike,
+    y_pred: ArrayLike,
+    *,
+    sensitive_features: ArrayLike,
+    agg: str = "worst_case",
+    min_group_size: int = 0,
 ) -> float:
     """Smaller ("worst_case") or mean ("mean") of the TPR and FPR min/max ratios across groups (binary)."""
     gap = "equalized_odds_ratio" + _agg_suffix(agg)
-    return _binary_gap(gap, y_true, y_pred, sensitive_features)
+    return _binary_gap(gap, y_true, y_pred, sensitive_features, min_group_size)
 
 
 def equal_opportunity_difference(
-    y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike
+    y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike, min_group_size: int = 0
 ) -> float:
     """Max - min true positive rate across groups (binary labels)."""
-    return _binary_gap("equal_opportunity_difference", y_true, y_pred, sensitive_features)
+    return _binary_gap("equal_opportunity_difference", y_true, y_pred, sensitive_features, min_group_size)
 
 
-def accuracy_difference(y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike) -> float:
+def accuracy_difference(
+    y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike, min_group_size: int = 0
+) -> float:
     """Max - min accuracy across groups (any number of classes)."""
-    return metric_frame(y_true, y_pred, sensitive_features=sensitive_features).gaps["accuracy_difference"]
+    return metric_frame(
+        y_true, y_pred, sensitive_features=sensitive_features, min_group_size=min_group_size
+    ).gaps["accuracy_difference"]
 
 
-def worst_group_accuracy(y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike) -> float:
+def worst_group_accuracy(
+    y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike, min_group_size: int = 0
+) -> float:
     """Lowest accuracy of any group (any number of classes)."""
-    return metric_frame(y_true, y_pred, sensitive_features=sensitive_features).gaps["worst_group_accuracy"]
+    return metric_frame(
+        y_true, y_pred, sensitive_features=sensitive_features, min_group_size=min_group_size
+    ).gaps["worst_group_accuracy"]
 
 
-def tpr_gap_rms(y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike) -> float:
+def tpr_gap_rms(
+    y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike, min_group_size: int = 0
+) -> float:
     """Root mean square over classes of the across-group recall spread (any number of classes)."""
-    return metric_frame(y_true, y_pred, sensitive_features=sensitive_features).gaps["tpr_gap_rms"]
+    return metric_frame(
+        y_true, y_pred, sensitive_features=sensitive_features, min_group_size=min_group_size
+    ).gaps["tpr_gap_rms"]
 
 
 def metric_frame(
-    y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike, y_prob: ArrayLike | None = None
+    y_true: ArrayLike,
+    y_pred: ArrayLike,
+    *,
+    sensitive_features: ArrayLike,
+    y_prob: ArrayLike | None = None,
+    min_group_size: int = 0,
 ) -> GroupResult:
     """`GroupStats.compute` result for arrays.
 
     y_true, y_pred (N,) integer class ids; sensitive_features (N,) or (N, K) hashable values (K columns are
     intersected, names joined with ","; groups in sorted order); y_prob (N,) probability of class 1 or
     (N, C) class probabilities, enables the ECE (with the confidence of the predicted class y_pred).
-    C is y_prob's width, else max(2, largest label + 1).
+    C is y_prob's width, else max(2, largest label + 1). The gaps span the groups with at least
+    ``min_group_size`` rows (default 0: all).
     """
     labels = as_ids("y_true", y_true)
     num_samples = labels.shape[0]
@@ -126,7 +161,7 @@ def metric_frame(
         preds=torch.from_numpy(preds),
         confidence=confidence,
     )
-    return stats.compute(names)
+    return stats.compute(names, min_group_size=min_group_size)
 
 
 # helpers -----------------------------------------------------------------------------------------------
@@ -138,11 +173,14 @@ def _agg_suffix(agg: str) -> str:
     return "" if agg == "worst_case" else "_mean"
 
 
-def _binary_gap(gap: str, y_true: ArrayLike, y_pred: ArrayLike, sensitive_features: ArrayLike) -> float:
+def _binary_gap(
+    gap: str, y_true: ArrayLike, y_pred: ArrayLike, sensitive_features: ArrayLike, min_group_size: int = 0
+) -> float:
     labels = _as_binary("y_true", y_true)
     preds = _as_binary("y_pred", y_pred, labels.shape[0])
     # C == 2 is forced even when one array holds a single class, so the binary gaps always exist.
-    return metric_frame(labels, preds, sensitive_features=sensitive_features).gaps[gap]
+    result = metric_frame(labels, preds, sensitive_features=sensitive_features, min_group_size=min_group_size)
+    return result.gaps[gap]
 
 
 def _as_binary(name: str, values: ArrayLike, num_samples: int | None = None) -> np.ndarray:

@@ -5,6 +5,23 @@ lists the values seen in the training data in sorted order, so id ``i`` always m
 vocabulary is saved next to the model (``group_vocab.json``) and reloaded for later evaluation. A value met
 only at evaluation gets an id after the training ones and is reported under its own name; mitigation
 methods never see it because they run on training batches only.
+
+A missing (None / NaN) attribute value follows the run's ``missing_group`` policy (`MISSING_GROUP_POLICIES`):
+
+* ``error`` (default): refused, naming the column, the count and the rows (`ERR_MISSING_VALUES`).
+* ``unknown``: the row belongs to the group `UNKNOWN_GROUP` (``"unknown"``), a normal group everywhere
+  (vocabulary, training statistics, metrics). In an intersection, a row with *any* missing part is in the one
+  group ``"unknown"``, not in ``"Female|unknown"``: the row's intersection is unknown, and partial cells would
+  split the unknown rows into many tiny groups that no gap could use. A value already spelled ``"unknown"``
+  joins the same group.
+* ``ignore``: the row gets id `NO_GROUP` (-1). It trains on the task loss with weight 1 but is left out of
+  every group statistic (penalties, reweighter weights, GroupDRO, adversary, group metrics and gaps), which
+  count it as a row without a group.
+
+The policy is a property of the run's data handling, not of the model: ``group_vocab.json`` holds only the
+vocabulary (with ``"unknown"`` in it when the training data had such rows), and a saved model evaluated
+later applies the evaluation run's ``missing_group``; ``"unknown"`` then maps to its training id, or is
+appended as an evaluation-only group when training had none.
 """
 
 from __future__ import annotations
@@ -26,6 +43,9 @@ INTERSECTION_SEPARATOR = "+"
 VALUE_SEPARATOR = "|"
 VOCAB_FILE = "group_vocab.json"
 MAX_ROWS_SHOWN = 5  # rows an error message lists
+MISSING_GROUP_POLICIES = ("error", "unknown", "ignore")
+UNKNOWN_GROUP = "unknown"  # the group of rows with a missing attribute under missing_group: unknown
+NO_GROUP = -1  # the id of rows with a missing attribute under missing_group: ignore
 
 ERR_EMPTY_SPEC = "A grouping must name at least one attribute column; got {spec!r}."
 ERR_MISSING_COLUMN = (
@@ -36,8 +56,15 @@ ERR_MISSING_VALUES = (
     "{rows} (numbered from 0, not counting a header); drop or fill them first: a group or a label cannot be "
     "missing."
 )
+# The group-column variant says how to keep such rows.
+ERR_MISSING_GROUP_VALUES = (
+    ERR_MISSING_VALUES + " To keep such rows, set missing_group: unknown (a group of their own) or "
+    "missing_group: ignore (trained on the task loss, left out of group statistics)."
+)
+ERR_MISSING_GROUP_POLICY = "missing_group must be one of {choices}; got {value!r}."
 ERR_MISSING_VALUE = (
-    "Attribute {column!r} of grouping {grouping!r} is missing or NaN in a row; a group cannot be missing."
+    "Attribute {column!r} of grouping {grouping!r} is missing or NaN in a row; a group cannot be missing "
+    "with missing_group: error (choose unknown or ignore to keep such rows)."
 )
 ERR_SINGLE_GROUP = (
     "Grouping {grouping!r} has only {count} group(s) in the {split} data ({values}); fairness metrics and "
@@ -90,26 +117,36 @@ class Grouping:
     def name(self) -> str:
         return INTERSECTION_SEPARATOR.join(self.attributes)
 
-    def value_of(self, row: dict[str, Any]) -> str:
-        """Joined attribute values of one row, e.g. ``"Female|Black"``; a missing value is an error, never
-        a group named ``'None'`` or ``'nan'``."""
+    def value_of(self, row: dict[str, Any], missing_group: str = "error") -> str | None:
+        """Joined attribute values of one row, e.g. ``"Female|Black"``. A missing value is an error under
+        ``missing_group="error"`` (never a group named ``'None'`` or ``'nan'``), makes the whole row
+        `UNKNOWN_GROUP` under ``"unknown"``, and gives None (no group) under ``"ignore"``."""
         for a in self.attributes:
             if is_missing(row[a]):
+                if missing_group == "unknown":
+                    return UNKNOWN_GROUP
+                if missing_group == "ignore":
+                    return None
                 raise ValueError(ERR_MISSING_VALUE.format(column=a, grouping=self.name))
         return VALUE_SEPARATOR.join(str(row[a]) for a in self.attributes)
 
-    def fit(self, rows: Iterable[dict[str, Any]]) -> Grouping:
-        self.values = sorted({self.value_of(r) for r in rows})
+    def fit(self, rows: Iterable[dict[str, Any]], missing_group: str = "error") -> Grouping:
+        values = (self.value_of(r, missing_group) for r in rows)
+        self.values = sorted({v for v in values if v is not None})
         self.num_train_groups = len(self.values)
         return self
 
-    def encode(self, values: Iterable[str], *, split: str = "evaluation") -> list[int]:
-        """Map joined values to ids; an unseen value is appended to the vocabulary and warned about."""
+    def encode(self, values: Iterable[str | None], *, split: str = "evaluation") -> list[int]:
+        """Map joined values to ids (None -> `NO_GROUP`); an unseen value is appended to the vocabulary and
+        warned about."""
         if not self.num_train_groups:
             raise ValueError(ERR_NOT_FITTED.format(grouping=self.name))
         index = {v: i for i, v in enumerate(self.values)}
         ids = []
         for v in values:
+            if v is None:
+                ids.append(NO_GROUP)
+                continue
             if v not in index:
                 logger.warning(
                     "Group %r of grouping %r appears in the %s data but not in the training data; it is "
@@ -139,12 +176,21 @@ class GroupVocabulary:
         train_grouping: attribute(s) the training objective groups by, e.g. ``"sex"``.
         eval_groupings: groupings reported at evaluation, e.g. ``["sex", "race", "sex+race"]``;
             the training grouping is always included.
+        missing_group: what a missing attribute value means (see the module docstring): ``error``,
+            ``unknown`` or ``ignore``. Not saved with the vocabulary: set it per run (the trainer sets it
+            from ``FairTrainingArguments.missing_group``).
     """
 
-    def __init__(self, train_grouping: str | Sequence[str], eval_groupings: Sequence[str] | None = None):
+    def __init__(
+        self,
+        train_grouping: str | Sequence[str],
+        eval_groupings: Sequence[str] | None = None,
+        missing_group: str = "error",
+    ):
         names = groupings_of(train_grouping, eval_groupings)
         self.train_grouping = names[0]
         self.groupings: dict[str, Grouping] = {name: Grouping(parse_grouping(name)) for name in names}
+        self.missing_group = check_missing_group(missing_group)
 
     @property
     def attributes(self) -> list[str]:
@@ -159,8 +205,9 @@ class GroupVocabulary:
         return list(self.groupings[grouping].values)
 
     def _attribute_rows(self, dataset: Any, split: str) -> list[dict[str, Any]]:
-        """Check the attribute columns, then return them as one dict per row."""
-        check_columns(dataset, self.attributes, split=split, what="group_by / eval_group_by")
+        """Check the attribute columns (their values too under ``missing_group="error"``), then return them
+        as one dict per row."""
+        check_group_columns(dataset, self.attributes, split=split, missing_group=self.missing_group)
         columns = {a: list(dataset[a]) for a in self.attributes}
         return [dict(zip(columns, vals, strict=True)) for vals in zip(*columns.values(), strict=True)]
 
@@ -168,7 +215,7 @@ class GroupVocabulary:
         """Fix every vocabulary from the training dataset (a ``datasets.Dataset``)."""
         rows = self._attribute_rows(dataset, "training")
         for g in self.groupings.values():
-            g.fit(rows)
+            g.fit(rows, self.missing_group)
             if g.num_train_groups < 2:
                 raise ValueError(
                     ERR_SINGLE_GROUP.format(
@@ -184,7 +231,8 @@ class GroupVocabulary:
             col = group_column(g.name)
             if col in dataset.column_names:
                 dataset = dataset.remove_columns(col)
-            dataset = dataset.add_column(col, g.encode((g.value_of(r) for r in rows), split=split))
+            values = (g.value_of(r, self.missing_group) for r in rows)
+            dataset = dataset.add_column(col, g.encode(values, split=split))
         return dataset
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,25 +249,53 @@ class GroupVocabulary:
         return path
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GroupVocabulary:
-        vocab = cls(d["train_grouping"])
+    def from_dict(cls, d: dict[str, Any], missing_group: str = "error") -> GroupVocabulary:
+        vocab = cls(d["train_grouping"], missing_group=missing_group)
         vocab.groupings = {name: Grouping.from_dict(g) for name, g in d["groupings"].items()}
         return vocab
 
     @classmethod
-    def load(cls, path: str) -> GroupVocabulary:
+    def load(cls, path: str, missing_group: str = "error") -> GroupVocabulary:
         """Load from a ``group_vocab.json`` file or a directory that holds one."""
         if os.path.isdir(path):
             path = os.path.join(path, VOCAB_FILE)
         with open(path) as f:
-            return cls.from_dict(json.load(f))
+            return cls.from_dict(json.load(f), missing_group)
 
 
-def check_columns(dataset: Any, columns: Sequence[str], *, split: str, what: str) -> None:
+def check_missing_group(value: str) -> str:
+    """Return ``value`` if it is a `MISSING_GROUP_POLICIES` entry, else raise naming the choices."""
+    if value not in MISSING_GROUP_POLICIES:
+        raise ValueError(
+            ERR_MISSING_GROUP_POLICY.format(choices=", ".join(MISSING_GROUP_POLICIES), value=value)
+        )
+    return value
+
+
+def check_group_columns(dataset: Any, attributes: Sequence[str], *, split: str, missing_group: str) -> None:
+    """`check_columns` for attribute columns: under ``missing_group="error"`` a missing value is refused with
+    `ERR_MISSING_GROUP_VALUES` (column, count, rows, and how to keep such rows); otherwise only absent
+    columns are."""
+    what = "group_by / eval_group_by"
+    if missing_group == "error":
+        check_columns(dataset, attributes, split=split, what=what, message=ERR_MISSING_GROUP_VALUES)
+    else:
+        for column in attributes:
+            if column not in dataset.column_names:
+                raise ValueError(
+                    ERR_MISSING_COLUMN.format(
+                        split=split, column=column, what=what, columns=dataset.column_names
+                    )
+                )
+
+
+def check_columns(
+    dataset: Any, columns: Sequence[str], *, split: str, what: str, message: str = ERR_MISSING_VALUES
+) -> None:
     """Raise if a column is absent or holds a missing / NaN value (checked in Arrow, no Python loop).
 
     ``split`` names the data in messages ("training", or "test (b.csv)"); the rows named are positions in
-    ``dataset`` (its first ``MAX_ROWS_SHOWN`` bad ones).
+    ``dataset`` (its first ``MAX_ROWS_SHOWN`` bad ones). ``message`` is the missing-value error's template.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -239,7 +315,7 @@ def check_columns(dataset: Any, columns: Sequence[str], *, split: str, what: str
             rows = pc.indices_nonzero(bad.combine_chunks() if hasattr(bad, "combine_chunks") else bad)
             shown = ", ".join(str(r) for r in rows[:MAX_ROWS_SHOWN].to_pylist())
             raise ValueError(
-                ERR_MISSING_VALUES.format(
+                message.format(
                     column=column,
                     what=what,
                     split=split,

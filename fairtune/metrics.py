@@ -23,6 +23,29 @@ Deliberate differences from fairlearn (0.15):
   spread of P(yhat = c) (fairlearn defines it for binary labels only); the penalty of the same name
   measures the same spread.
 
+Small groups (issue 12): a gap over a group of 5 rows measures mostly noise. The *headline* gaps (``gaps``,
+what logs, the gate, the report and checkpoint selection read) span only the groups with at least
+``min_group_size`` rows (``gaps_over="eligible"``, the default); smaller groups are still reported with their
+rates, listed in ``GroupResult.small_groups`` and flagged in tables and plots. ``gaps_over="all"`` takes
+every group into the gaps. Eligibility is fixed by the point counts, so bootstrap replicates span the same
+groups as the estimate.
+
+Rows without a group (id `NO_GROUP`, -1, under ``missing_group: ignore``) are counted
+(``rows_without_group``) and enter the overall stats, but no group's rates or any gap.
+
+Intervals (``interval_method``): ``basic`` (default), ``percentile`` or ``bca``, all from the same Poisson
+bootstrap replicates. A max - min gap is biased upwards (the largest of noisy rates is noisier than the
+truth), and its replicates, max - min of re-noised rates, are biased upwards again: the percentile interval
+sits too high and can miss the true gap and its own point estimate. The basic (pivotal) interval,
+[2 * estimate - q_high, 2 * estimate - q_low], reflects the replicates' bias about the estimate, which
+removes most of it; BCa (Efron 1987: the median bias z0 from the share of replicates below the estimate and
+the acceleration from the jackknife, exact and cheap here because leaving one row out changes one confusion
+cell) corrects too little for a max - min. ``benchmarks/interval_coverage.py`` measures the three on data
+with known rates (``benchmarks/results/interval_coverage.md``): basic's coverage was nearest nominal.
+No bootstrap interval is guaranteed to contain its point estimate (basic and percentile both miss it when
+the estimate lies outside the replicates' central range): `compute` then warns
+(`WARN_INTERVAL_EXCLUDES_ESTIMATE`).
+
 Selecting checkpoints by a gap alone can pick a model that predicts one class for everyone: every gap is then
 0, which is not fairness. `compute` warns about constant predictions (`WARN_CONSTANT_PREDICTIONS`); to guard
 checkpoint selection, select by a metric that such a model fails, e.g. ``metric_for_best_model:
@@ -37,6 +60,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import torch
@@ -44,7 +68,6 @@ import torch.distributed as dist
 from torch import Tensor
 
 from fairtune.curves import (
-    ERR_NEGATIVE_GROUP,
     ERR_NOT_INTEGER,
     add_calibration,
     check_1d,
@@ -53,6 +76,10 @@ from fairtune.curves import (
 )
 
 __all__ = [
+    "GAPS_OVER",
+    "bootstrap_interval",
+    "INTERVAL_METHODS",
+    "NO_GROUP",
     "GroupResult",
     "GroupStats",
     "gap_names",
@@ -78,9 +105,27 @@ ERR_SYNC_NOT_SHARDED = (
 ERR_GROUP_NAMED_OVERALL = "a group named 'overall' would collide with the overall stats in flat keys"
 ERR_REDUCTION = "state {name!r}: reduction must be one of {choices}, got {reduction!r}"
 ERR_CLASS_NAMES = "class_names has {got} entries, expected one per class ({num_classes})"
+ERR_GAPS_OVER = "gaps_over must be one of {choices}, got {gaps_over!r}"
+ERR_INTERVAL_METHOD = "interval_method must be one of {choices}, got {method!r}"
+ERR_MIN_GROUP_SIZE = "min_group_size must be >= 0, got {min_group_size}"
+ERR_GROUP_BELOW_NO_GROUP = "groups must be >= -1 (-1: a row without a group), got values from {low}"
+
+NO_GROUP = -1  # group id of a row without a group (fairtune.groups.NO_GROUP): counted, in no group's rates
+GAPS_OVER = ("eligible", "all")
+INTERVAL_METHODS = ("basic", "percentile", "bca")  # the first is the default
 
 WARN_SMALL_GROUP = "group {name!r} has {count} samples, fewer than min_group_size={min_group_size}"
+WARN_SMALL_GROUP_EXCLUDED = WARN_SMALL_GROUP + "; left out of the headline gaps (gaps_over: all includes it)"
 WARN_FEW_GROUPS = "{present} group(s) with samples: gaps need at least 2 and are NaN"
+WARN_FEW_ELIGIBLE = (
+    "only {eligible} group(s) have at least min_group_size={min_group_size} samples: the headline gaps need "
+    "2 and are NaN (lower min_group_size or set gaps_over: all to include the small groups)"
+)
+WARN_ROWS_WITHOUT_GROUP = "{count} row(s) have no group (missing attribute): counted, left out of every gap"
+WARN_INTERVAL_EXCLUDES_ESTIMATE = (
+    "{gap}: the {method} bootstrap interval [{low:.4f}, {high:.4f}] does not contain its point estimate "
+    "{value:.4f} (nearly every replicate lies on one side; read the interval with care)"
+)
 WARN_UNDEFINED_RATES = "group {name!r}: {stats} undefined (zero denominator), left out of the gaps"
 WARN_CONSTANT_PREDICTIONS = (
     "constant predictions: all {count} samples are predicted as class {name!r}. A gap of 0 from constant "
@@ -97,9 +142,10 @@ _NON_RATE_STATS = ("count", "ece", "loss")
 
 @dataclass(frozen=True)
 class StateSpec:
-    """How a named state grows and reduces: ``group_dim`` indexes groups; ``reduction`` across processes."""
+    """How a named state grows and reduces: ``group_dim`` indexes groups (None: no group dim);
+    ``reduction`` across processes."""
 
-    group_dim: int
+    group_dim: int | None
     reduction: str = "sum"
 
 
@@ -122,16 +168,34 @@ class GroupResult:
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     confidence: float = 0.95
     warnings: list[str] = field(default_factory=list)
+    # Groups below min_group_size (in by_group, flagged); left out of the gaps when gaps_over == "eligible".
+    small_groups: list[str] = field(default_factory=list)
+    min_group_size: int = 0
+    gaps_over: str = "eligible"
+    rows_without_group: int = 0
+    interval_method: str = "basic"
+
+    @property
+    def gap_groups(self) -> list[str]:
+        """The groups the gaps span: every reported group but the small ones (with gaps_over "eligible")."""
+        left_out = set(self.excluded_groups)
+        return [name for name in self.by_group if name not in left_out]
+
+    @property
+    def excluded_groups(self) -> list[str]:
+        """Reported groups left out of the headline gaps (the small ones, unless gaps_over is "all")."""
+        return list(self.small_groups) if self.gaps_over == "eligible" else []
 
     def flat(self, prefix: str) -> dict[str, float]:
         """``prefix/...`` keys for Trainer logs, NaN values dropped (loggers such as TensorBoard reject it).
 
         Keys: prefix/<gap>, prefix/<gap>_ci_low, prefix/<gap>_ci_high, prefix/overall/<stat>,
-        prefix/<group>/<stat>.
+        prefix/<group>/<stat>, prefix/rows_without_group.
         """
         if "overall" in self.by_group:
             raise ValueError(ERR_GROUP_NAMED_OVERALL)
         flat = {f"{prefix}/{gap}": value for gap, value in self.gaps.items()}
+        flat[f"{prefix}/rows_without_group"] = self.rows_without_group
         for gap, (low, high) in self.intervals.items():
             flat[f"{prefix}/{gap}_ci_low"] = low
             flat[f"{prefix}/{gap}_ci_high"] = high
@@ -142,8 +206,10 @@ class GroupResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON layout of ``fairness_report.json``: num_classes, overall, by_group, gaps, intervals (only
-        with bootstrap replicates) as [low, high], warnings, confidence. Grouping and class names are not in
-        it: the report keys results by grouping, and the model's config holds the class names."""
+        with bootstrap replicates) as [low, high], warnings, confidence, small_groups, excluded_groups (left
+        out of the gaps), min_group_size, gaps_over, rows_without_group, interval_method. Grouping and class
+        names are not in it: the report keys results by grouping, and the model's config holds the class
+        names."""
         out: dict[str, Any] = {
             "num_classes": self.num_classes,
             "overall": dict(self.overall),
@@ -154,6 +220,12 @@ class GroupResult:
             out["intervals"] = {gap: [low, high] for gap, (low, high) in self.intervals.items()}
         out["warnings"] = list(self.warnings)
         out["confidence"] = self.confidence
+        out["small_groups"] = list(self.small_groups)
+        out["excluded_groups"] = self.excluded_groups
+        out["min_group_size"] = self.min_group_size
+        out["gaps_over"] = self.gaps_over
+        out["rows_without_group"] = self.rows_without_group
+        out["interval_method"] = self.interval_method
         return out
 
     @classmethod
@@ -172,6 +244,12 @@ class GroupResult:
             intervals={gap: (_float(lo), _float(hi)) for gap, (lo, hi) in data.get("intervals", {}).items()},
             confidence=float(data.get("confidence", 0.95)),
             warnings=list(data.get("warnings", [])),
+            small_groups=list(data.get("small_groups", [])),
+            min_group_size=int(data.get("min_group_size", 0)),
+            gaps_over=str(data.get("gaps_over", "eligible")),
+            rows_without_group=int(data.get("rows_without_group", 0)),
+            # Reports written before the choice existed used the percentile interval.
+            interval_method=str(data.get("interval_method", "percentile")),
         )
 
     def stat_label(self, stat: str) -> str:
@@ -192,6 +270,8 @@ class GroupStats:
     * ``boot_conf`` (R, G, C, C) int64: Poisson-bootstrap weighted confusion counts.
     * ``calib`` (G, B, 3) float64: per confidence bin, [count, sum of confidence, sum of correct].
     * ``loss_sums`` (G, 2) float64: [sum of per-sample loss, number of samples with a loss].
+    * ``no_group_conf`` (C, C), ``no_group_calib`` (B, 3), ``no_group_loss`` (2,): the same counts for rows
+      without a group (id -1), which enter only the overall stats and ``rows_without_group``.
 
     Where the samples are decides the bootstrap seeding (``sharded``):
 
@@ -238,12 +318,18 @@ class GroupStats:
         self.add_state("boot_conf", torch.zeros(r, g, c, c, dtype=torch.long, device=device), group_dim=1)
         self.add_state("calib", torch.zeros(g, b, 3, dtype=torch.float64, device=device), group_dim=0)
         self.add_state("loss_sums", torch.zeros(g, 2, dtype=torch.float64, device=device), group_dim=0)
+        self.add_state("no_group_conf", torch.zeros(c, c, dtype=torch.long, device=device), group_dim=None)
+        self.add_state(
+            "no_group_calib", torch.zeros(b, 3, dtype=torch.float64, device=device), group_dim=None
+        )
+        self.add_state("no_group_loss", torch.zeros(2, dtype=torch.float64, device=device), group_dim=None)
         self._generator: torch.Generator | None = None
         self._synced = False
 
-    def add_state(self, name: str, default: Tensor, *, group_dim: int, reduction: str = "sum") -> None:
+    def add_state(self, name: str, default: Tensor, *, group_dim: int | None, reduction: str = "sum") -> None:
         """Declare a count state: ``default`` its initial tensor, ``group_dim`` the dimension indexing groups
-        (zero-padded when a larger group id arrives), ``reduction`` how `sync` combines processes."""
+        (zero-padded when a larger group id arrives; None for a state without one), ``reduction`` how `sync`
+        combines processes."""
         if reduction not in REDUCTIONS:
             choices = ", ".join(repr(k) for k in REDUCTIONS)
             raise ValueError(ERR_REDUCTION.format(name=name, choices=choices, reduction=reduction))
@@ -277,7 +363,10 @@ class GroupStats:
         extra = num_groups - self.num_groups
         if extra > 0:
             self._states = {
-                name: _pad(t, self._specs[name].group_dim, extra) for name, t in self._states.items()
+                name: t
+                if self._specs[name].group_dim is None
+                else _pad(t, self._specs[name].group_dim, extra)
+                for name, t in self._states.items()
             }
 
     def reset(self) -> None:
@@ -300,9 +389,10 @@ class GroupStats:
     ) -> None:
         """Accumulate one batch.
 
-        labels (N,) int in [0, C); groups (N,) int >= 0; exactly one of logits (N, C) float (preds are the
-        argmax, the softmax confidence feeds the ECE) or preds (N,) int, optionally with confidence (N,) in
-        [0, 1], the probability given to the predicted class; losses (N,) optional per-sample loss.
+        labels (N,) int in [0, C); groups (N,) int >= -1 (-1: a row without a group); exactly one of logits
+        (N, C) float (preds are the argmax, the softmax confidence feeds the ECE) or preds (N,) int,
+        optionally with confidence (N,) in [0, 1], the probability given to the predicted class; losses
+        (N,) optional per-sample loss.
         """
         if (logits is None) == (preds is None):
             raise ValueError(ERR_LOGITS_XOR_PREDS)
@@ -353,11 +443,27 @@ class GroupStats:
                 raise ValueError(
                     ERR_CLASS_RANGE.format(name=name, num_classes=self.num_classes, low=low, high=high)
                 )
-        if group_low < 0:
-            raise ValueError(ERR_NEGATIVE_GROUP.format(low=group_low))
+        if group_low < NO_GROUP:
+            raise ValueError(ERR_GROUP_BELOW_NO_GROUP.format(low=group_low))
 
         self._grow(group_high + 1)
         num_groups, c = self.num_groups, self.num_classes
+        grouped = None
+        if group_low == NO_GROUP:
+            # Rows without a group: counted for the overall stats only, then dropped from the group states.
+            grouped = groups != NO_GROUP
+            alone = ~grouped
+            pair = labels[alone] * c + preds[alone]
+            self.no_group_conf.view(-1).index_add_(0, pair, torch.ones_like(pair))
+            if confidence is not None:
+                confidence = confidence.to(device)
+                add_calibration(self.no_group_calib[None], confidence[alone], (preds == labels)[alone])
+            if losses is not None:
+                lost = losses.to(device=device, dtype=torch.float64)[alone]
+                self.no_group_loss.add_(torch.stack([lost.sum(), lost.new_tensor(float(lost.numel()))]))
+            labels, groups, preds = labels[grouped], groups[grouped], preds[grouped]
+            confidence = None if confidence is None else confidence[grouped]
+            losses = None if losses is None else losses.to(device)[grouped]
 
         # Flat index into conf: one scatter-add for the whole batch.
         cell = (groups * c + labels) * c + preds
@@ -368,9 +474,13 @@ class GroupStats:
             # massive data streams"): every sample gets an independent Poisson(1) weight per replicate, which
             # approximates multinomial resampling without knowing N in advance and without keeping samples.
             # Drawn sample-major on CPU, so a sample's weights do not depend on how the data is batched.
+            # Rows without a group draw their weights too, so the others' weights do not depend on them.
+            drawn = labels.shape[0] if grouped is None else grouped.shape[0]
             weights = torch.poisson(
-                torch.ones(labels.shape[0], self.bootstrap_samples), generator=self._bootstrap_generator()
+                torch.ones(drawn, self.bootstrap_samples), generator=self._bootstrap_generator()
             )
+            if grouped is not None:
+                weights = weights[grouped.cpu()]
             weights = weights.to(device=device, dtype=torch.long).T  # (R, N)
             offsets = torch.arange(self.bootstrap_samples, device=device) * (num_groups * c * c)
             self.boot_conf.view(-1).index_add_(0, (offsets[:, None] + cell).reshape(-1), weights.reshape(-1))
@@ -421,41 +531,68 @@ class GroupStats:
         min_group_size: int = 30,
         confidence: float = 0.95,
         grouping: str = "",
+        gaps_over: str = "eligible",
+        interval_method: str = "basic",
     ) -> GroupResult:
         """Rates per group and overall, fairness gaps, bootstrap intervals and warnings.
 
         group_names[i] names group id i; other ids are named str(id). Groups without samples are left out.
-        class_names[c] names class c in tables and warnings (default str(c)). ``intervals`` is filled only
-        with bootstrap_samples > 0. Call `sync()` first when sharded over several processes.
+        class_names[c] names class c in tables and warnings (default str(c)). Groups with fewer than
+        ``min_group_size`` samples are reported, listed in ``small_groups`` and, with ``gaps_over="eligible"``
+        (default), left out of the gaps; ``gaps_over="all"`` spans every group. ``intervals`` is filled only
+        with bootstrap_samples > 0, by ``interval_method`` (``basic``, ``percentile`` or ``bca``; see the
+        module docstring). Call `sync()` first when sharded over several processes.
         """
         if not 0.0 < confidence < 1.0:
             raise ValueError(ERR_CONFIDENCE.format(confidence=confidence))
+        if min_group_size < 0:
+            raise ValueError(ERR_MIN_GROUP_SIZE.format(min_group_size=min_group_size))
+        if gaps_over not in GAPS_OVER:
+            raise ValueError(ERR_GAPS_OVER.format(choices=", ".join(GAPS_OVER), gaps_over=gaps_over))
+        if interval_method not in INTERVAL_METHODS:
+            choices = ", ".join(INTERVAL_METHODS)
+            raise ValueError(ERR_INTERVAL_METHOD.format(choices=choices, method=interval_method))
         classes = _class_names(class_names, self.num_classes)
         counts = self.conf.sum((-2, -1)).tolist()
         present = [g for g, count in enumerate(counts) if count > 0]
         names = _name_groups(group_names, present)
+        small = [g for g in present if counts[g] < min_group_size]
+        # Which groups the gaps span, fixed by the point counts (the replicates span the same ones).
+        in_gaps = torch.tensor(
+            [gaps_over == "all" or count >= min_group_size for count in counts],
+            dtype=torch.bool,
+            device=self.device,
+        )
 
         group_rates = rates_from_confusion(self.conf)
         group_stats = _stats(group_rates, ece_from_bins(self.calib), _mean_loss(self.loss_sums))
         overall_stats = _stats(
-            rates_from_confusion(self.conf.sum(0, keepdim=True)),
-            ece_from_bins(self.calib.sum(0, keepdim=True)),
-            _mean_loss(self.loss_sums.sum(0, keepdim=True)),
+            rates_from_confusion((self.conf.sum(0) + self.no_group_conf)[None]),
+            ece_from_bins(self.calib.sum(0, keepdim=True) + self.no_group_calib[None]),
+            _mean_loss(self.loss_sums.sum(0, keepdim=True) + self.no_group_loss[None]),
         )
-        gaps = gaps_from_rates(group_rates, self.num_classes)
+        gaps = gaps_from_rates(_only(group_rates, in_gaps), self.num_classes)
+        rows_without_group = int(self.no_group_conf.sum())
 
         warnings = []
         if len(present) < 2:
             warnings.append(WARN_FEW_GROUPS.format(present=len(present)))
+        elif gaps_over == "eligible" and len(present) - len(small) < 2:
+            warnings.append(
+                WARN_FEW_ELIGIBLE.format(eligible=len(present) - len(small), min_group_size=min_group_size)
+            )
+        if rows_without_group:
+            warnings.append(WARN_ROWS_WITHOUT_GROUP.format(count=rows_without_group))
+        small_warning = WARN_SMALL_GROUP_EXCLUDED if gaps_over == "eligible" else WARN_SMALL_GROUP
         for g in present:
             if counts[g] < min_group_size:
                 warnings.append(
-                    WARN_SMALL_GROUP.format(name=names[g], count=counts[g], min_group_size=min_group_size)
+                    small_warning.format(name=names[g], count=counts[g], min_group_size=min_group_size)
                 )
             undefined = [k for k, v in group_stats.items() if k not in _NON_RATE_STATS and math.isnan(v[g])]
             if undefined:
                 warnings.append(WARN_UNDEFINED_RATES.format(name=names[g], stats=", ".join(undefined)))
-        predicted = self.conf.sum((0, 1)).tolist()  # (C,) samples per predicted class
+        predicted = (self.conf.sum((0, 1)) + self.no_group_conf.sum(0)).tolist()  # (C,) per predicted class
         total = sum(predicted)
         if total > 1 and max(predicted) == total:
             name = classes[predicted.index(total)]
@@ -463,13 +600,23 @@ class GroupStats:
 
         intervals: dict[str, tuple[float, float]] = {}
         if self.bootstrap_samples:
-            replicate_gaps = gaps_from_rates(rates_from_confusion(self.boot_conf), self.num_classes)
-            alpha = (1.0 - confidence) / 2
-            quantiles = torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64, device=self.device)
-            # Percentile interval; replicates where a gap is undefined (a group drew zero weight) are skipped.
+            replicate_gaps = gaps_from_rates(
+                _only(rates_from_confusion(self.boot_conf), in_gaps), self.num_classes
+            )
+            jackknife = (
+                _jackknife_gaps(self.conf, in_gaps, self.num_classes) if interval_method == "bca" else {}
+            )
             for gap, values in replicate_gaps.items():
-                low, high = torch.nanquantile(values, quantiles).tolist()
+                point = gaps[gap].item()
+                low, high = bootstrap_interval(values, point, confidence, interval_method, jackknife.get(gap))
                 intervals[gap] = (low, high)
+                # A NaN bound (no defined replicate) is no claim; a finite interval off its estimate is.
+                if not math.isnan(point) and not low <= point <= high and not math.isnan(low + high):
+                    warnings.append(
+                        WARN_INTERVAL_EXCLUDES_ESTIMATE.format(
+                            gap=gap, method=interval_method, low=low, high=high, value=point
+                        )
+                    )
         return GroupResult(
             grouping=grouping,
             num_classes=self.num_classes,
@@ -483,7 +630,53 @@ class GroupStats:
             intervals=intervals,
             confidence=confidence,
             warnings=warnings,
+            small_groups=[names[g] for g in small],
+            min_group_size=min_group_size,
+            gaps_over=gaps_over,
+            rows_without_group=rows_without_group,
+            interval_method=interval_method,
         )
+
+
+def bootstrap_interval(
+    values: Tensor,
+    point: float,
+    confidence: float,
+    method: str = "basic",
+    jackknife: tuple[Tensor, Tensor] | None = None,
+) -> tuple[float, float]:
+    """A two-sided bootstrap interval of one statistic from its replicates.
+
+    values (R,) replicate values (NaN ones, where the statistic was undefined, are skipped); point the
+    estimate on the data. ``percentile``: the alpha/2 and 1 - alpha/2 quantiles. ``basic`` (pivotal):
+    2 * point minus those quantiles, clipped to [0, 1] (every gap and rate lies there). ``bca``: the
+    percentile interval at levels shifted by the median bias z0 = Phi^-1(share of replicates below the
+    point, ties counted half) and the acceleration a from ``jackknife`` = (values (K,), weights (K,)) of
+    leave-one-out estimates (a = 0 without it, i.e. the bias-corrected BC interval). NaN bounds when no
+    replicate (or the point) is defined.
+    """
+    values = values[~values.isnan()].double()
+    if values.numel() == 0 or (method != "percentile" and math.isnan(point)):
+        return math.nan, math.nan
+    alpha = (1.0 - confidence) / 2
+    levels = [alpha, 1.0 - alpha]
+    if method == "bca":
+        normal = NormalDist()
+        r = values.numel()
+        below = float((values < point).sum()) + 0.5 * float((values == point).sum())
+        # Clipped away from 0 and 1, where z0 would be infinite (every replicate on one side).
+        z0 = normal.inv_cdf(min(max(below / r, 0.5 / r), 1.0 - 0.5 / r))
+        a = _acceleration(*jackknife) if jackknife is not None else 0.0
+        levels = []
+        for z in (normal.inv_cdf(alpha), normal.inv_cdf(1.0 - alpha)):
+            shifted = z0 + z
+            levels.append(normal.cdf(z0 + shifted / max(1.0 - a * shifted, 1e-12)))
+    low, high = torch.quantile(
+        values, torch.tensor(levels, dtype=torch.float64, device=values.device)
+    ).tolist()
+    if method == "basic":
+        low, high = min(max(2 * point - high, 0.0), 1.0), min(max(2 * point - low, 0.0), 1.0)
+    return low, high
 
 
 def rates_from_confusion(conf: Tensor) -> dict[str, Tensor]:
@@ -568,6 +761,41 @@ def gap_names(num_classes: int) -> list[str]:
 
 
 # helpers -----------------------------------------------------------------------------------------------
+
+
+def _only(rates: dict[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
+    """Rates (..., G) with the groups outside ``keep`` (G,) bool set to NaN, so the gaps skip them."""
+    if bool(keep.all()):
+        return rates
+    return {stat: torch.where(keep, values, torch.nan) for stat, values in rates.items()}
+
+
+def _jackknife_gaps(conf: Tensor, keep: Tensor, num_classes: int) -> dict[str, tuple[Tensor, Tensor]]:
+    """Leave-one-out gaps of the point counts, for BCa's acceleration: {gap: (values (K,), weights (K,))}.
+
+    Leaving one row out removes 1 from one confusion cell, so the N leave-one-out estimates take only K <=
+    G * C * C distinct values, each weighted by its cell's count: exact and cheap, without the rows.
+    """
+    cells = conf.reshape(-1).nonzero().squeeze(1)
+    weights = conf.reshape(-1)[cells].double()
+    minus = conf.reshape(1, -1).repeat(cells.numel(), 1)
+    minus[torch.arange(cells.numel(), device=conf.device), cells] -= 1
+    gaps = gaps_from_rates(_only(rates_from_confusion(minus.view(-1, *conf.shape)), keep), num_classes)
+    return {gap: (values, weights) for gap, values in gaps.items()}
+
+
+def _acceleration(values: Tensor, weights: Tensor) -> float:
+    """BCa's acceleration from weighted jackknife values: sum w u^3 / (6 (sum w u^2)^1.5), u = mean - value;
+    0 when undefined (no spread, or an undefined leave-one-out value)."""
+    defined = ~values.isnan()
+    values, weights = values[defined].double(), weights[defined]
+    if values.numel() == 0:
+        return 0.0
+    u = (weights * values).sum() / weights.sum() - values
+    spread = float((weights * u**2).sum())
+    if spread <= 0.0:
+        return 0.0
+    return float((weights * u**3).sum()) / (6.0 * spread**1.5)
 
 
 def _rank() -> int:

@@ -74,8 +74,10 @@ def render_model_card(
         "### Limitations",
         "",
         "These numbers hold for the evaluation data above and the groups recorded in it; small groups have",
-        "wide intervals, and gaps between max and min over many small groups lean high. Groups the data does",
-        "not record are not measured. Re-audit on data from the deployment setting (`fairtune evaluate`).",
+        "wide intervals, and gaps between max and min over many small groups lean high: groups marked `*`",
+        "have fewer than min_group_size rows, and each gap table says which groups its gaps span. Groups the",
+        "data does not record are not measured. Re-audit on data from the deployment setting",
+        "(`fairtune evaluate`).",
         "",
     ]
     return "\n".join(lines)

@@ -148,7 +148,9 @@ def build(
     groupings = groupings_of(args.group_by, args.eval_group_by)
     if data_args.streaming:
         return build_streaming(model_args, data_args, args, mitigations)
-    raw = load_raw_datasets(data_args, seed=data_args.data_seed_for_splits, groupings=groupings)
+    raw = load_raw_datasets(
+        data_args, data_args.data_seed_for_splits, groupings, missing_group=args.missing_group
+    )
     if mitigations.needs_pairs and data_args.counterfactual_augmentation != "add":
         raise ValueError(ERR_PAIRS_NEED_AUGMENTATION.format(method=args.penalty))
     raw["train"] = augment_training_data(raw["train"], data_args, pair_ids=mitigations.needs_pairs)
@@ -158,9 +160,9 @@ def build(
     # A fine-tuned fairtune model carries its group vocabulary: reuse it so group ids mean what they meant.
     saved_vocab = os.path.join(path, VOCAB_FILE)
     if os.path.isfile(saved_vocab):
-        vocab = GroupVocabulary.load(saved_vocab)
+        vocab = GroupVocabulary.load(saved_vocab, args.missing_group)
     else:
-        vocab = GroupVocabulary(args.group_by, args.eval_group_by).fit(raw["train"])
+        vocab = GroupVocabulary(args.group_by, args.eval_group_by, args.missing_group).fit(raw["train"])
     tokenizer = AutoTokenizer.from_pretrained(path)
     data = tokenize(
         raw, tokenizer, data_args.text_column, data_args.text_pair_column, data_args.max_seq_length

@@ -196,7 +196,9 @@ def plot_group_rates(result: GroupResult, path: str, title: str = "", confidence
 
     Binary: one panel each for selection rate, TPR, FPR and accuracy; C > 2: accuracy and the TPR of each
     class (named by ``class_names``, without interval). A dashed line marks the overall rate; a NaN or
-    missing rate leaves its group listed without a dot. The title carries the headline gaps. Returns ``path``.
+    missing rate leaves its group listed without a dot. The title carries the headline gaps. A group below
+    ``min_group_size`` (``result.small_groups``) is drawn hollow and labelled with ``*``, and the title says
+    when such groups were left out of the gaps. Returns ``path``.
     """
     _check_result("result", result)
     if not 0.0 < confidence < 1.0:
@@ -219,8 +221,19 @@ def plot_group_rates(result: GroupResult, path: str, title: str = "", confidence
             _rate_interval(by_group[g], stat, r, confidence) for g, r in zip(groups, rates, strict=True)
         ]
         _draw_intervals(ax, ys, [lo for lo, _ in intervals], [hi for _, hi in intervals])
-        shown = [(y, r) for y, r in zip(ys, rates, strict=True) if not math.isnan(r)]
-        ax.scatter([r for _, r in shown], [y for y, _ in shown], color=COLORS[0], zorder=4)
+        small = set(result.small_groups)
+        shown = [(y, r, g in small) for y, r, g in zip(ys, rates, groups, strict=True) if not math.isnan(r)]
+        full = [(y, r) for y, r, is_small in shown if not is_small]
+        hollow = [(y, r) for y, r, is_small in shown if is_small]
+        ax.scatter([r for _, r in full], [y for y, _ in full], color=COLORS[0], zorder=4)
+        if hollow:
+            ax.scatter(
+                [r for _, r in hollow],
+                [y for y, _ in hollow],
+                facecolors="white",
+                edgecolors=COLORS[0],
+                zorder=4,
+            )
         for y, r in zip(ys, rates, strict=True):
             if math.isnan(r):
                 ax.text(0.5, y, "undefined", ha="center", va="center", fontsize="small", color="gray")
@@ -228,7 +241,7 @@ def plot_group_rates(result: GroupResult, path: str, title: str = "", confidence
         if not math.isnan(total):
             ax.axvline(total, color="gray", linestyle="--")
         ax.set_xlim(-0.02, 1.02)
-        ax.set_yticks(ys, groups)
+        ax.set_yticks(ys, [f"{g} *" if g in small else g for g in groups])
         # Reversed limits put the first group on top, as in the result dict; the margin keeps end dots whole.
         ax.set_ylim(len(groups) - 0.5, -0.5)
         # The overall value goes into the title: a legend would cover dots near 0 or 1.
@@ -240,7 +253,12 @@ def plot_group_rates(result: GroupResult, path: str, title: str = "", confidence
         if num_classes == 2
         else ("demographic_parity_difference", "tpr_gap_rms")
     )
-    fig.suptitle(_join_title(title, _gap_summary(result, headline)))
+    note = ""
+    if result.excluded_groups:
+        note = f"* < {result.min_group_size} rows, hollow: left out of the gaps"
+    elif result.small_groups:
+        note = f"* < {result.min_group_size} rows, hollow"
+    fig.suptitle(_join_title(title, _gap_summary(result, headline), note))
     fig.tight_layout()
     return _save(fig, path)
 

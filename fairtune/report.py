@@ -1,7 +1,9 @@
 """Fairness reports: ``fairness_report.json`` and a Markdown rendering of the same numbers.
 
-Both render `GroupResult`s: the JSON holds each one's ``to_dict()`` (the layout the report has always had),
-the Markdown its per-group and gap tables.
+Both render `GroupResult`s: the JSON holds each one's ``to_dict()`` (the layout the report has always had,
+plus ``small_groups``, ``excluded_groups``, ``rows_without_group`` and the interval method), the Markdown its
+per-group and gap tables. Groups below ``min_group_size`` are marked `SMALL_MARK` in the group table, and
+the gap table says which groups its gaps span and which were left out.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ TABLE_STATS = [
     "ece",
     "loss",
 ]
+SMALL_MARK = "*"  # after a group's name: fewer than min_group_size rows
 HEADLINE_GAPS = [
     "demographic_parity_difference",
     "demographic_parity_ratio",
@@ -49,20 +52,45 @@ def group_table(result: GroupResult) -> str:
     stats += [s for s in per_class if any(s in r for r in rows.values())]
     head = [result.stat_label(s) for s in stats]
     lines = ["| group | " + " | ".join(head) + " |", "|---" * (len(stats) + 1) + "|"]
+    small = set(result.small_groups)
     for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(fmt(r.get(s)) for s in stats) + " |")
-    return "\n".join(lines)
+        shown = f"{name} {SMALL_MARK}" if name in small and name != "overall" else name
+        lines.append(f"| {shown} | " + " | ".join(fmt(r.get(s)) for s in stats) + " |")
+    notes = []
+    if small:
+        left_out = "left out of the headline gaps" if result.excluded_groups else "included in the gaps"
+        notes.append(f"{SMALL_MARK} fewer than {result.min_group_size} rows: {left_out}.")
+    if result.rows_without_group:
+        notes.append(
+            f"Rows without a group (missing attribute): {result.rows_without_group}, counted in overall only."
+        )
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def gap_table(result: GroupResult) -> str:
-    """Markdown table of a grouping's gaps with their bootstrap intervals."""
+    """Markdown table of a grouping's gaps with their bootstrap intervals, then the groups they span."""
     head = f"{int(round(result.confidence * 100))}% interval"
+    if result.intervals:
+        head += f" ({result.interval_method})"
     lines = [f"| gap | value | {head} |", "|---|---|---|"]
     for name in [g for g in HEADLINE_GAPS if g in result.gaps]:
         lo_hi = result.intervals.get(name)
         ci = f"[{fmt(lo_hi[0])}, {fmt(lo_hi[1])}]" if lo_hi else fmt(None)
         lines.append(f"| {name} | {fmt(result.gaps[name])} | {ci} |")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", gap_scope(result)])
+
+
+def gap_scope(result: GroupResult) -> str:
+    """One sentence: which groups the gaps span, and which (small) groups were left out of them."""
+    spanned = result.gap_groups
+    if result.excluded_groups:
+        return (
+            f"Gaps over the {len(spanned)} group(s) with at least {result.min_group_size} rows; left out: "
+            f"{', '.join(result.excluded_groups)} (gaps_over: all includes them)."
+        )
+    if result.small_groups:
+        return f"Gaps over all {len(spanned)} groups (gaps_over: all), small ones included."
+    return f"Gaps over all {len(spanned)} groups."
 
 
 def result_section(title: str, result: GroupResult, warning_prefix: str = "> warning: ") -> list[str]:

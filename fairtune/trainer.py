@@ -148,6 +148,10 @@ ERR_FSDP_ADVERSARY_CHECKPOINTS = (
     "parameters it does not manage (KeyError). Set save_strategy='no', or train the adversary with DDP "
     "(configs/accelerate_multi_gpu.yaml)."
 )
+ERR_POSTPROCESS_NO_GROUP = (
+    "post_processing {name!r} sets a threshold per group, and rows without a group (missing_group: ignore) "
+    "would have none; use missing_group: unknown (their own group and threshold) or error."
+)
 
 
 def model_task(model: nn.Module) -> str | None:
@@ -267,6 +271,8 @@ class FairTrainer(Trainer):
         self.mitigations.check_model(model, kwargs.get("optimizers"))
         check_fsdp(args, self.mitigations.adversary is not None)  # first: its message is the more specific
         check_processes(args)
+        if args.missing_group == "ignore" and mitigations.post_processing is not None:
+            raise ValueError(ERR_POSTPROCESS_NO_GROUP.format(name=mitigations.post_processing.objective))
         self.group_vocab = self._resolve_vocab(args, group_vocab, train_dataset)
         self.group_columns = [group_column(name) for name in self.group_vocab.groupings]
         self.train_group_column = group_column(self.group_vocab.train_grouping)
@@ -359,7 +365,9 @@ class FairTrainer(Trainer):
                     raise ValueError(
                         ERR_VOCAB_MISSING_GROUPING.format(spec=spec, have=list(group_vocab.groupings))
                     )
-        vocab = group_vocab or GroupVocabulary(args.group_by, args.eval_group_by)
+            # The missing-value policy is the run's, not the saved vocabulary's (see fairtune.groups).
+            group_vocab.missing_group = args.missing_group
+        vocab = group_vocab or GroupVocabulary(args.group_by, args.eval_group_by, args.missing_group)
         if not vocab.fitted:
             if train_dataset is None:
                 raise ValueError(ERR_NO_TRAIN_DATA)
@@ -597,7 +605,12 @@ class FairTrainer(Trainer):
             sync=self._penalty_sync(),
         )
         extra = self.mitigations.extra_loss(
-            outputs, batch, self.state.global_step, self.term_log, inputs.get("attention_mask")
+            outputs,
+            batch,
+            self.state.global_step,
+            self.term_log,
+            inputs.get("attention_mask"),
+            without_group=self.args.missing_group == "ignore",
         )
         if extra is not None:
             # Penalty and adversary terms are per micro-batch; this share makes them average over the
@@ -676,7 +689,10 @@ class FairTrainer(Trainer):
             extra = int(stacked[:, k].max()) + 1 - sums.shape[0]
             if extra > 0:  # a group first met at evaluation
                 sums = torch.cat([sums, sums.new_zeros(extra, 2)])
-            self._eval_losses[col] = sums.index_add_(0, stacked[:, k].to(sums.device), rows.to(sums.device))
+            ids = stacked[:, k].to(sums.device)
+            # A row without a group (id -1) counts in no group's loss.
+            grouped = rows.to(sums.device) * (ids >= 0)[:, None]
+            self._eval_losses[col] = sums.index_add_(0, ids.clamp_min(0), grouped)
 
     def _lm_group_metrics(self, prefix: str) -> dict[str, float]:
         """Per-group mean sequence NLL and perplexity, the loss gap and the worst group, per grouping."""
@@ -750,6 +766,8 @@ class FairTrainer(Trainer):
                 min_group_size=self.args.min_group_size,
                 confidence=self.args.confidence_level,
                 grouping=name,
+                gaps_over=self.args.gaps_over,
+                interval_method=self.args.interval_method,
             )
             for name in self.group_vocab.groupings
         }

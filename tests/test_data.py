@@ -18,7 +18,7 @@ from fairtune.data.loading import (
     load_raw_datasets,
     tokenize,
 )
-from fairtune.groups import ERR_MISSING_COLUMN, ERR_MISSING_VALUES, ERR_SINGLE_GROUP
+from fairtune.groups import ERR_MISSING_COLUMN, ERR_MISSING_GROUP_VALUES, ERR_MISSING_VALUES, ERR_SINGLE_GROUP
 
 
 def test_adult_splits_are_fixed_and_complete():
@@ -190,7 +190,7 @@ def test_missing_value_in_a_float_group_column_names_file_and_rows(tmp_path, spl
     files = {f"{s}_file": good for s in ("train", "validation", "test")} | {f"{split}_file": bad}
     with pytest.raises(ValueError) as err:
         load_raw_datasets(_files(**files), groupings=["score"])
-    assert str(err.value) == ERR_MISSING_VALUES.format(
+    assert str(err.value) == ERR_MISSING_GROUP_VALUES.format(
         column="score", what="group_by / eval_group_by", split=f"{split} ({bad})", count=2, rows="3, 7"
     )
     raw = load_raw_datasets(_files(train_file=good), groupings=["score"])  # valid: groups by value

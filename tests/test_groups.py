@@ -3,8 +3,8 @@ import pytest
 
 from fairtune.groups import (
     ERR_MISSING_COLUMN,
+    ERR_MISSING_GROUP_VALUES,
     ERR_MISSING_VALUE,
-    ERR_MISSING_VALUES,
     ERR_SINGLE_GROUP,
     Grouping,
     GroupVocabulary,
@@ -71,7 +71,7 @@ def test_errors_name_the_problem():
     )
     with pytest.raises(ValueError) as err:
         GroupVocabulary("sex").fit(_data(["M", None, "F"], ["W", "B", "W"]))
-    assert str(err.value) == ERR_MISSING_VALUES.format(
+    assert str(err.value) == ERR_MISSING_GROUP_VALUES.format(
         column="sex", what="group_by / eval_group_by", split="training", count=1, rows="1"
     )
     nan = datasets.Dataset.from_dict({"score": [1.0, float("nan")], "label": [0, 1]})
@@ -90,7 +90,7 @@ def test_missing_value_in_a_float_group_column_is_refused(missing):
     data = datasets.Dataset.from_dict({"score": scores, "label": [0] * len(scores)})
     with pytest.raises(ValueError) as err:
         GroupVocabulary("score").fit(data)
-    assert str(err.value) == ERR_MISSING_VALUES.format(
+    assert str(err.value) == ERR_MISSING_GROUP_VALUES.format(
         column="score", what="group_by / eval_group_by", split="training", count=6, rows="2, 4, 6, 8, 9, ..."
     )
     vocab = GroupVocabulary("score").fit(data.select([0, 1]))

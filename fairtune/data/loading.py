@@ -168,14 +168,17 @@ def describe_source(args: DataArguments) -> str:
     return f"{name} (config {args.dataset_config_name})" if args.dataset_config_name else name
 
 
-def load_raw_datasets(args: DataArguments, seed: int = 0, groupings: Sequence[str] | None = None) -> Any:
+def load_raw_datasets(
+    args: DataArguments, seed: int = 0, groupings: Sequence[str] | None = None, missing_group: str = "error"
+) -> Any:
     """Load, split, subset and check the data that ``args`` names. ``seed`` fixes carved splits and subsets.
 
     ``dataset_name=None`` without files loads the embedded ``adult``. Labels and, if ``groupings`` is given
     (e.g. ``groupings_of(group_by, eval_group_by)``), group columns are checked on every split as loaded,
     before any split is carved or subsetted, so the rows an error names are rows of the file. After
     subsetting, the labels of other splits must occur in the training split, and every grouping must have at
-    least two groups in it.
+    least two groups in it. ``missing_group`` (``error | unknown | ignore``, see `fairtune.groups`) decides
+    whether a missing attribute value is refused.
     """
     import datasets
 
@@ -201,7 +204,7 @@ def load_raw_datasets(args: DataArguments, seed: int = 0, groupings: Sequence[st
 
     if "train" not in raw:
         raise ValueError(ERR_NO_SPLIT.format(split="train", splits=list(raw), hint="train_file"))
-    _check_complete(raw, args.label_column, groupings, sources)
+    _check_complete(raw, args.label_column, groupings, sources, missing_group)
     if "validation" not in raw:
         # Carve a fixed share of train so evaluation never sees training rows.
         parts = raw["train"].train_test_split(test_size=args.validation_split_percentage / 100, seed=seed)
@@ -221,7 +224,7 @@ def load_raw_datasets(args: DataArguments, seed: int = 0, groupings: Sequence[st
             raise ValueError(ERR_EMPTY.format(split=split))
     raw = encode_labels(raw, args.label_column, sources)
     if groupings:
-        _check_groups(raw["train"], groupings)
+        _check_groups(raw["train"], groupings, missing_group)
     return raw
 
 
@@ -230,6 +233,7 @@ def check_splits(
     groupings: Sequence[str],
     label_column: str = "label",
     sources: Mapping[str, str] | None = None,
+    missing_group: str = "error",
 ) -> None:
     """Check a ``DatasetDict`` before a tokenizer or model loads; raise a ``ValueError`` on the first problem.
 
@@ -237,13 +241,14 @@ def check_splits(
     "sex+race"]``) without missing or NaN values (rows are positions in each split); labels must be class
     names or non-negative ids, with at least two in ``train`` and none elsewhere that ``train`` lacks; each
     grouping needs at least two groups in ``train``. ``sources`` maps a split to its file, for messages.
+    Missing attribute values are allowed under ``missing_group`` ``unknown`` or ``ignore``.
     """
     sources = dict(sources or {})
     if "train" not in raw:
         raise ValueError(ERR_NO_SPLIT.format(split="train", splits=list(raw), hint="a train split"))
-    _check_complete(raw, label_column, groupings, sources)
+    _check_complete(raw, label_column, groupings, sources, missing_group)
     _label_values(raw, label_column, sources)
-    _check_groups(raw["train"], groupings)
+    _check_groups(raw["train"], groupings, missing_group)
 
 
 def _where(split: str, sources: Mapping[str, str]) -> str:
@@ -252,24 +257,29 @@ def _where(split: str, sources: Mapping[str, str]) -> str:
 
 
 def _check_complete(
-    raw: Any, label_column: str, groupings: Sequence[str] | None, sources: Mapping[str, str]
+    raw: Any,
+    label_column: str,
+    groupings: Sequence[str] | None,
+    sources: Mapping[str, str],
+    missing_group: str = "error",
 ) -> None:
-    """Label and group columns present in every split, with no missing or NaN value."""
-    from fairtune.groups import check_columns, parse_grouping
+    """Label and group columns present in every split, with no missing or NaN value (group values may be
+    missing under ``missing_group`` unknown / ignore)."""
+    from fairtune.groups import check_columns, check_group_columns, parse_grouping
 
     attributes = list(dict.fromkeys(a for g in groupings or [] for a in parse_grouping(g)))
     for split in raw:
         where = _where(split, sources)
         check_columns(raw[split], [label_column], split=where, what="label_column")
-        check_columns(raw[split], attributes, split=where, what="group_by / eval_group_by")
+        check_group_columns(raw[split], attributes, split=where, missing_group=missing_group)
 
 
-def _check_groups(train: Any, groupings: Sequence[str]) -> None:
+def _check_groups(train: Any, groupings: Sequence[str], missing_group: str = "error") -> None:
     """At least two groups per grouping in the training data (the vocabulary's own check)."""
     from fairtune.groups import GroupVocabulary
 
     if groupings:
-        GroupVocabulary(groupings[0], groupings[1:]).fit(train)
+        GroupVocabulary(groupings[0], groupings[1:], missing_group).fit(train)
 
 
 def _label_values(raw: Any, column: str, sources: Mapping[str, str]) -> list[Any] | None:

@@ -10,6 +10,10 @@ The trainer asks it, at fixed points of a training step, for what the methods ad
   penalties' running statistics);
 * ``post_processing``: the (unfitted) group thresholds, fitted after training.
 
+Rows without a group (id -1, ``missing_group: ignore``) train on the task loss with weight 1 and are left out
+of every group statistic: reweighters and GroupDRO give them weight 1 and do not count them, penalties and
+the adversary see only the rows with a group, and ``TermLog`` does not count them in any group's loss.
+
 Methods come from the arguments (``Mitigations.from_args``: each named method builds itself through the
 registry) and from objects passed in code; they combine. ``TermLog`` keeps the running means of the logged
 loss terms between two training logs.
@@ -17,6 +21,7 @@ loss terms between two training logs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -100,11 +105,11 @@ class TermLog:
         self.counts[name] = self.counts.get(name, 0) + 1
 
     def add_group_losses(self, losses: Tensor, groups: Tensor, num_groups: int) -> None:
-        """Add per-sample losses (N,) of groups (N,) to the per-group running sums."""
+        """Add per-sample losses (N,) of groups (N,) to the per-group running sums (id -1: not counted)."""
         if self.group_loss is None:
             self.group_loss = torch.zeros(num_groups, 2, device=losses.device)
         rows = torch.stack([losses.detach().float(), torch.ones_like(losses, dtype=torch.float)], 1)
-        self.group_loss.index_add_(0, groups, rows)
+        self.group_loss.index_add_(0, groups.clamp_min(0), rows * (groups >= 0)[:, None])
 
     def pop(self, reduce: Reduce, group_names: Sequence[str], grouping: str) -> dict[str, float]:
         """Means since the last pop (terms averaged over processes, group losses summed first), then reset.
@@ -255,6 +260,9 @@ class Mitigations:
         Reweighters are refitted on every trainer's data, so an object reused with other data keeps no stale
         weights.
         """
+        if train_groups is not None and train_labels is not None:
+            # Rows without a group (id -1) do not count towards any group's weight.
+            train_labels, train_groups = train_labels[train_groups >= 0], train_groups[train_groups >= 0]
         for reweighter in [*self.loss_reweighters, self.sampler_reweighter]:
             if reweighter is None:
                 continue
@@ -288,10 +296,11 @@ class Mitigations:
 
     # ----- data and optimizer ---------------------------------------------------------------------------
     def train_sampler(self, groups: Tensor, labels: Tensor, seed: int) -> WeightedEpochSampler | None:
-        """A sampler drawing rows (N,) by the sampler-mode reweighter's weights, or None."""
+        """A sampler drawing rows (N,) by the sampler-mode reweighter's weights (1 for rows without a group,
+        id -1), or None."""
         if self.sampler_reweighter is None:
             return None
-        return WeightedEpochSampler(self.sampler_reweighter.sample_weights(groups, labels), seed=seed)
+        return WeightedEpochSampler(_group_weights(self.sampler_reweighter, groups, labels), seed=seed)
 
     def param_groups(self, learning_rate: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups of the methods' own parameters: the adversary head, own lr, no decay."""
@@ -339,21 +348,23 @@ class Mitigations:
         """(N,) loss weights of a training batch: static reweighting times GroupDRO's online weights.
 
         Args:
-            losses: (N,) detached per-sample task losses; groups: (N,) ids; labels: (N,) class ids.
+            losses: (N,) detached per-sample task losses; groups: (N,) ids (-1: no group, weight 1, not
+                counted by GroupDRO); labels: (N,) class ids.
             reduce: sums GroupDRO's group losses over processes, so every process keeps the same q.
         """
         weights = torch.ones_like(losses)
         for reweighter in self.loss_reweighters:
-            weights = weights * reweighter.sample_weights(groups, labels)
+            weights = weights * _group_weights(reweighter, groups, labels)
         if self.group_dro is not None:
+            grouped = groups >= 0
             rows = torch.stack([losses.float(), torch.ones_like(losses, dtype=torch.float)], 1)
             sums = torch.zeros(self.group_dro.log_q.numel(), 2, device=losses.device).index_add_(
-                0, groups, rows
+                0, groups.clamp_min(0), rows * grouped[:, None]
             )
             sums = reduce(sums, "sum")
             loss_sums, counts = sums[:, 0], sums[:, 1]
             factor = self.group_dro.update(loss_sums, counts)
-            weights = weights * factor[groups]
+            weights = weights * torch.where(grouped, factor[groups.clamp_min(0)], 1.0)
             present = counts > 0
             log.add("group_dro/worst_group_loss", (loss_sums / counts.clamp_min(1))[present].max())
         return weights
@@ -365,15 +376,23 @@ class Mitigations:
         step: int,
         log: TermLog,
         attention_mask: Tensor | None = None,
+        without_group: bool = False,
     ) -> Tensor | None:
-        """Weighted penalties plus the adversary's loss for one training micro-batch (a scalar), or None.
+        """Weighted penalties, constraint terms and the adversary loss of one training micro-batch, or None.
 
         Args:
             outputs: the model outputs (hidden states for an adversary on the representation);
             batch: logits (N, C), labels, groups and unweighted losses (N,) of the micro-batch;
             step: the optimizer step, for penalty warm-up; attention_mask: (N, T), to pool hidden states.
+            without_group: whether rows may have no group (id -1, ``missing_group: ignore``): penalties and
+                the adversary then see only the rows with a group (one host sync per step, so only then).
         """
         terms = []
+        full = batch
+        keep = None
+        if without_group:
+            keep = batch.groups >= 0
+            batch = _rows_with_group(batch, keep)
         for key, penalty in zip(self.penalty_keys, self.penalties, strict=True):
             value = penalty(batch)
             log.add(key, value)
@@ -384,11 +403,15 @@ class Mitigations:
                 log.add(key, value)
             terms.append(term)
         if self.adversary is not None:
-            representation = self.adversary.representation(outputs, batch.logits, attention_mask)
+            representation = self.adversary.representation(outputs, full.logits, attention_mask)
+            if keep is not None:
+                representation = representation[keep]
             adv_losses, correct = self.adversary.loss(representation, batch.groups, batch.labels)
-            log.add("adversary/loss", adv_losses.mean())
-            log.add("adversary/accuracy", correct.float().mean())
-            terms.append(adv_losses.mean())
+            if adv_losses.numel():
+                log.add("adversary/loss", adv_losses.mean())
+                log.add("adversary/accuracy", correct.float().mean())
+            # A micro-batch without any row with a group adds 0 (a mean of nothing would be NaN).
+            terms.append(adv_losses.mean() if adv_losses.numel() else adv_losses.sum())
         return torch.stack(terms).sum() if terms else None
 
     def state_logs(self, group_names: Sequence[str]) -> dict[str, float]:
@@ -433,6 +456,24 @@ class Mitigations:
             if penalty.stateful and key in state:
                 penalty.load_state_dict(state[key])
         return [part for part in self.stateful_parts() if part not in state]
+
+
+def _group_weights(reweighter: Reweighter, groups: Tensor, labels: Tensor) -> Tensor:
+    """(N,) reweighter weights, 1 for rows without a group (id -1; indexing the table with -1 would silently
+    give them the last group's weight)."""
+    return torch.where(groups >= 0, reweighter.sample_weights(groups.clamp_min(0), labels), 1.0)
+
+
+def _rows_with_group(batch: PenaltyBatch, keep: Tensor) -> PenaltyBatch:
+    """The micro-batch restricted to rows with a group (``keep`` (N,) bool): every per-row field subset."""
+    if bool(keep.all()):
+        return batch
+    rows = {
+        f.name: getattr(batch, f.name)[keep]
+        for f in dataclasses.fields(batch)
+        if isinstance(getattr(batch, f.name), Tensor) and getattr(batch, f.name).shape[:1] == keep.shape
+    }
+    return dataclasses.replace(batch, **rows)
 
 
 def _unique_keys(keys: list[str]) -> list[str]:
