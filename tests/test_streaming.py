@@ -192,6 +192,12 @@ def test_what_a_stream_cannot_do_is_refused_by_name_before_anything_is_written(t
             "reweighting_mode='sampler' is not supported",
         ),
         (dict(), dict(post_processing="demographic_parity"), "post_processing='demographic_parity' is not"),
+        (
+            dict(),
+            dict(batch_sampling="group_stratified"),
+            "batch_sampling='group_stratified' is not supported",
+        ),
+        (dict(), dict(missing_group="ignore"), "missing_group='ignore' is not supported"),
         (dict(validation_file=None), {}, "has no 'validation' split"),
         (dict(group_shares={"Male": 1.0}), {}, "no count-based reweighting"),
         (dict(streaming=False, group_values={"sex": ["F", "M"]}), {}, "group_values is set, but streaming"),

@@ -151,6 +151,17 @@ def check_streaming_options(data_args: DataArguments, args: Any, reweighting: Se
             "weights.",
         ),
         (
+            getattr(args, "batch_sampling", "random") != "random",
+            f"batch_sampling={getattr(args, 'batch_sampling', None)!r}",
+            "group-stratified batches draw rows by index from each group, which a stream does not have.",
+        ),
+        (
+            getattr(args, "missing_group", "error") != "error",
+            f"missing_group={getattr(args, 'missing_group', None)!r}",
+            "streamed rows are checked one by one against a vocabulary fixed before training; a stream "
+            "refuses rows without a group (missing_group: error).",
+        ),
+        (
             getattr(args, "post_processing", None),
             f"post_processing={getattr(args, 'post_processing', None)!r}",
             "group thresholds are fitted on the validation scores held in memory; turn streaming off for it.",
