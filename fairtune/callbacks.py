@@ -19,12 +19,13 @@ HEADLINE_LM_METRICS = tuple(f"/{m}" for m in HEADLINE_METRICS)
 
 
 def compact_logs(logs: dict[str, Any] | None) -> dict[str, Any]:
-    """The keys of a log worth a terminal line: gaps, losses and stereotype headlines, not per-group stats
-    or intervals."""
+    """The keys of a log worth a terminal line: gaps, losses, constraint multipliers and stereotype
+    headlines, not per-group stats or intervals."""
     return {
         k: v
         for k, v in (logs or {}).items()
-        if (k.count("/") < 2 or k.endswith(HEADLINE_LM_METRICS)) and not k.endswith(("_ci_low", "_ci_high"))
+        if (k.count("/") < 2 or k.endswith(HEADLINE_LM_METRICS) or k.startswith("constraint/"))
+        and not k.endswith(("_ci_low", "_ci_high"))
     }
 
 
