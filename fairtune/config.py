@@ -306,6 +306,23 @@ class FairTrainingArguments(TrainingArguments):
             "(binary tasks), equalizing the named rate across groups."
         },
     )
+    # Constrained checkpoint selection (fairtune.selection).
+    selection_constraints: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Bounds on validation metrics for choosing the checkpoint loaded at the end, e.g. "
+            "'eval_sex/demographic_parity_difference <= 0.05' 'sex/worst_group_accuracy >= 0.7': the best "
+            "metric_for_best_model among checkpoints meeting every bound, else the least violating (with a "
+            "warning); never a constant-prediction model. Needs load_best_model_at_end."
+        },
+    )
+    selection_use_interval: bool = field(
+        default=False,
+        metadata={
+            "help": "Judge each selection bound on the pessimistic end of its bootstrap interval "
+            "(ci_high for <=, ci_low for >=); needs bootstrap_samples > 0."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
@@ -333,6 +350,10 @@ class FairTrainingArguments(TrainingArguments):
         _check_choices(self)
         for kind in ("penalty", "reweighting", "adversary"):
             setattr(self, f"{kind}_options", _mapping(f"{kind}_options", getattr(self, f"{kind}_options")))
+        if self.selection_constraints or self.selection_use_interval:
+            from fairtune.selection import check_selection_args
+
+            check_selection_args(self)
 
 
 @dataclass

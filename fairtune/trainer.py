@@ -31,6 +31,7 @@ from transformers import (
     default_data_collator,
 )
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import SaveStrategy
 
 from fairtune.callbacks import (
     MITIGATION_STATE_FILE,
@@ -58,6 +59,7 @@ from fairtune.mitigation.combined import (
 )
 from fairtune.mitigation.penalties import ProcessSync
 from fairtune.mitigation.postprocess import GroupThresholds
+from fairtune.selection import ModelSelection
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +247,15 @@ class FairTrainer(Trainer):
             eval_dataset = {k: self.prepare_dataset(v, f"evaluation ({k})") for k, v in eval_dataset.items()}
         elif eval_dataset is not None:
             eval_dataset = self.prepare_dataset(eval_dataset, "evaluation")
+        # Checkpoint selection under bounds, never a constant-prediction model (fairtune.selection).
+        self.model_selection = ModelSelection.for_run(
+            args,
+            self.group_vocab,
+            self.num_labels,
+            self.is_classifier,
+            eval_dataset,
+            open_ended=kwargs.get("compute_metrics") is not None or monitor is not None,
+        )
 
         if data_collator is None:
             if not isinstance(processing_class, PreTrainedTokenizerBase):
@@ -285,6 +296,8 @@ class FairTrainer(Trainer):
         # Last fairness results: metric prefix ("eval", "test", ...) -> grouping -> result.
         self.fairness_results: dict[str, dict[str, GroupResult]] = {}
         self._output_dir_checked = False
+        if self.model_selection is not None:
+            self.add_callback(self.model_selection)
 
     @staticmethod
     def _resolve_vocab(
@@ -830,6 +843,13 @@ class FairTrainer(Trainer):
         if self.accelerator.num_processes > 1 and self.accelerator.sync_gradients:
             self.mitigations.sync_gradients(self._reduce())
         return loss
+
+    def _determine_best_metric(self, metrics: dict[str, float], trial: Any) -> bool:
+        """Trainer's best-checkpoint rule, or ``self.model_selection`` (bounds; no constant model)."""
+        if self.model_selection is None:
+            return super()._determine_best_metric(metrics, trial)
+        saves = self.args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST)
+        return self.model_selection.update(metrics, self.state, saves)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
