@@ -253,8 +253,9 @@ class FairTrainingArguments(TrainingArguments):
         default=None,
         metadata={
             "help": "Sample reweighting; built in: kamiran_calders, balanced_group, balanced_label, "
-            "balanced_group_label, group_dro (online group weights, Sagawa et al. 2020) (or a name your code "
-            "registers)."
+            "balanced_group_label, group_dro (online group weights, Sagawa et al. 2020), jtt (Just Train "
+            "Twice, Liu et al. 2021: options upweight, first_stage_epochs, first_stage_steps) (or a name "
+            "your code registers)."
         },
     )
     reweighting_mode: ReweightingMode = field(

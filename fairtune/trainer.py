@@ -110,6 +110,10 @@ ERR_PAIRS_MISSING = (
     "fairtune.data.lm_corpus.cda_corpus."
 )
 ERR_POSTPROCESS_NONE = "No post-processing configured: set post_processing or pass a GroupThresholds."
+ERR_TRAIN_GROUPS_NEEDED = (
+    "The training data has none of the attribute columns ({attributes}), but {methods} train on groups. "
+    "Without group labels in training, use reweighting: jtt (groups on validation only) or no method."
+)
 
 
 def model_task(model: nn.Module) -> str | None:
@@ -238,7 +242,7 @@ class FairTrainer(Trainer):
         self.mitigations.check_task(self.num_labels, has_validation, self.task)
         train_groups = train_labels = None
         if train_dataset is not None:
-            train_dataset = self.prepare_dataset(train_dataset, "training")
+            train_dataset = self._prepare_train_dataset(train_dataset)
             train_groups, train_labels = self._train_groups_and_labels(train_dataset)
             if self.mitigations.needs_pairs:
                 self._check_pairs(train_dataset)
@@ -349,9 +353,14 @@ class FairTrainer(Trainer):
             return None
         return ProcessSync()
 
-    def _train_groups_and_labels(self, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N,) training group ids and (N,) labels, read from the arrow table without decoding rows."""
+    def _train_groups_and_labels(self, dataset: Any) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(N,) training group ids (None for data without groups) and (N,) labels, read from the arrow table
+        without decoding rows."""
         table = dataset.with_format("arrow")
+        if self.train_group_column not in dataset.column_names:  # groups on validation only (JTT)
+            label = self._label_column(dataset, "training") if self.is_classifier else None
+            labels = table[label].to_numpy() if label else np.zeros(len(dataset))
+            return None, torch.tensor(labels, dtype=torch.long)
         groups = torch.tensor(table[self.train_group_column].to_numpy(), dtype=torch.long)
         if not self.is_classifier:
             return groups, torch.zeros_like(groups)
@@ -420,15 +429,16 @@ class FairTrainer(Trainer):
             raise ValueError(ERR_NO_LABEL.format(split=split, columns=dataset.column_names))
         return label
 
-    def prepare_dataset(self, dataset: Any, split: str = "evaluation") -> Any:
+    def prepare_dataset(self, dataset: Any, split: str = "evaluation", encode_groups: bool = True) -> Any:
         """Check labels and attribute columns, then add the ``group:<grouping>`` id columns.
 
         Raises before anything runs if a column is missing, holds missing/NaN values, or a label lies
-        outside ``[0, num_labels)``.
+        outside ``[0, num_labels)``. ``encode_groups=False``: labels only (training data without groups).
         """
         self._check_dataset(dataset, split)
+        encode = self.group_vocab.encode if encode_groups else lambda data, split: data
         if not self.is_classifier:  # a causal LM's labels are its input ids, made by the collator
-            return self.group_vocab.encode(dataset, split=split)
+            return encode(dataset, split=split)
         label = self._label_column(dataset, split)
         check_columns(dataset, [label], split=split, what="the labels")
         column = dataset.with_format("arrow")[label]
@@ -439,7 +449,22 @@ class FairTrainer(Trainer):
             raise ValueError(
                 ERR_LABEL_RANGE.format(split=split, num_labels=self.num_labels, low=low, high=high)
             )
-        return self.group_vocab.encode(dataset, split=split)
+        return encode(dataset, split=split)
+
+    def _prepare_train_dataset(self, dataset: Any) -> Any:
+        """``prepare_dataset`` for training data. Data with none of the attribute columns trains without
+        groups (group labels on validation only, e.g. JTT) when no method needs them; else it is an error."""
+        self._check_dataset(dataset, "training")
+        if any(a in dataset.column_names for a in self.group_vocab.attributes):
+            return self.prepare_dataset(dataset, "training")
+        needing = [m for m in self.mitigations if getattr(m, "needs_train_groups", True)]
+        if needing:
+            raise ValueError(
+                ERR_TRAIN_GROUPS_NEEDED.format(
+                    methods=", ".join(map(repr, needing)), attributes=", ".join(self.group_vocab.attributes)
+                )
+            )
+        return self.prepare_dataset(dataset, "training", encode_groups=False)
 
     def _set_signature_columns_if_needed(self) -> None:
         # Group id columns are not arguments of model.forward; without this, remove_unused_columns drops them.
@@ -829,6 +854,8 @@ class FairTrainer(Trainer):
     # ----- training, checkpoints, saving ------------------------------------------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
         """``Trainer.train``, refusing to overwrite an earlier run in ``output_dir`` unless told to."""
+        if self.train_dataset is not None:  # e.g. JTT's second stage must train on its upsampled set
+            self.mitigations.check_before_training(len(self.train_dataset))
         if not resume_from_checkpoint and not self._output_dir_checked and not self.args.overwrite_output_dir:
             check_output_dir(self.args.output_dir)
         self._output_dir_checked = True

@@ -6,6 +6,7 @@
 * Adversarial debiasing: ``Adversary`` (and ``EqualizedOddsAdversary``).
 * Reweighting and sampling: ``KamiranCalders``, ``BalancedGroup``, ``BalancedLabel``,
   ``BalancedGroupLabel`` (as loss weights or as a sampler), and ``GroupDRO``.
+* Two stages: ``JustTrainTwice`` (``just_train_twice``: ERM, then its training errors up-weighted).
 * Post-processing: ``GroupThresholds``.
 
 Pass objects as ``FairTrainer(..., mitigations=[...])``, or name them in a config (``penalty:``,
@@ -16,6 +17,7 @@ Importing this package registers the built-in methods (``registry`` itself impor
 from fairtune.mitigation.adversary import Adversary, EqualizedOddsAdversary, grad_reverse
 from fairtune.mitigation.combined import Mitigations, TermLog
 from fairtune.mitigation.consistency import CounterfactualConsistency
+from fairtune.mitigation.jtt import JustTrainTwice, just_train_twice
 from fairtune.mitigation.penalties import (
     DemographicParity,
     EqualizedOdds,
@@ -55,6 +57,7 @@ __all__ = [
     "EqualizedOddsAdversary",
     "GroupDRO",
     "GroupThresholds",
+    "JustTrainTwice",
     "KamiranCalders",
     "LossParity",
     "MinDiff",
@@ -68,6 +71,7 @@ __all__ = [
     "WeightedEpochSampler",
     "build",
     "grad_reverse",
+    "just_train_twice",
     "group_rates",
     "group_sums",
     "lookup",
