@@ -267,6 +267,10 @@ def just_train_twice(
     if args.reweighting not in (None, "jtt"):
         raise ValueError(ERR_OTHER_REWEIGHTING.format(name=args.reweighting))
     jtt = jtt or JustTrainTwice.from_args(args)
+    if not args.resume_from_checkpoint and not args.overwrite_output_dir:
+        from fairtune.trainer import check_output_dir
+
+        check_output_dir(args.output_dir)  # before the first stage spends its time
     rows = len(train_dataset)
     errors = _load_error_set(args, jtt, rows)
     first_metrics: dict[str, float] = {}
