@@ -278,8 +278,9 @@ class FairTrainingArguments(TrainingArguments):
         default=None,
         metadata={
             "help": "Sample reweighting; built in: kamiran_calders, balanced_group, balanced_label, "
-            "balanced_group_label, group_dro (online group weights, Sagawa et al. 2020) (or a name your code "
-            "registers)."
+            "balanced_group_label, group_dro (online group weights, Sagawa et al. 2020), jtt (Just Train "
+            "Twice, Liu et al. 2021: options upweight, first_stage_epochs, first_stage_steps) (or a name "
+            "your code registers)."
         },
     )
     reweighting_mode: ReweightingMode = field(
@@ -375,6 +376,23 @@ class FairTrainingArguments(TrainingArguments):
             "off. The metrics are the same either way."
         },
     )
+    # Constrained checkpoint selection (fairtune.selection).
+    selection_constraints: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Bounds on validation metrics for choosing the checkpoint loaded at the end, e.g. "
+            "'eval_sex/demographic_parity_difference <= 0.05' 'sex/worst_group_accuracy >= 0.7': the best "
+            "metric_for_best_model among checkpoints meeting every bound, else the least violating (with a "
+            "warning); never a constant-prediction model. Needs load_best_model_at_end."
+        },
+    )
+    selection_use_interval: bool = field(
+        default=False,
+        metadata={
+            "help": "Judge each selection bound on the pessimistic end of its bootstrap interval "
+            "(ci_high for <=, ci_low for >=); needs bootstrap_samples > 0."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
@@ -411,6 +429,10 @@ class FairTrainingArguments(TrainingArguments):
             setattr(self, f"{kind}_options", _mapping(f"{kind}_options", getattr(self, f"{kind}_options")))
         if self.constraints:
             parse_constraints(self.constraints)  # malformed bounds fail here, before anything loads
+        if self.selection_constraints or self.selection_use_interval:
+            from fairtune.selection import check_selection_args
+
+            check_selection_args(self)
 
 
 @dataclass

@@ -266,7 +266,12 @@ def train_and_report(
 
         return train_and_report_lm(trainer, data, model_args, data_args)
     args = trainer.args
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    if args.reweighting == "jtt":  # Just Train Twice: an ERM identification run, then a second trainer
+        from fairtune.mitigation.jtt import train_twice
+
+        trainer = train_twice(trainer)
+    else:
+        trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model()
 
     metrics = {"validation": _final_validation(trainer)}

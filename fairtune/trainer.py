@@ -31,6 +31,7 @@ from transformers import (
     default_data_collator,
 )
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import SaveStrategy
 
 from fairtune.callbacks import (
     MITIGATION_STATE_FILE,
@@ -59,6 +60,7 @@ from fairtune.mitigation.combined import (
 )
 from fairtune.mitigation.penalties import ProcessSync
 from fairtune.mitigation.postprocess import GroupThresholds
+from fairtune.selection import ModelSelection
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +153,10 @@ ERR_FSDP_ADVERSARY_CHECKPOINTS = (
 ERR_POSTPROCESS_NO_GROUP = (
     "post_processing {name!r} sets a threshold per group, and rows without a group (missing_group: ignore) "
     "would have none; use missing_group: unknown (their own group and threshold) or error."
+)
+ERR_TRAIN_GROUPS_NEEDED = (
+    "The training data has none of the attribute columns ({attributes}), but {methods} train on groups. "
+    "Without group labels in training, use reweighting: jtt (groups on validation only) or no method."
 )
 
 
@@ -297,7 +303,7 @@ class FairTrainer(Trainer):
                     raise ValueError(ERR_STREAM_REWEIGHTER.format(method=reweighter))
             train_dataset = self.prepare_dataset(train_dataset, "training")
         elif train_dataset is not None:
-            train_dataset = self.prepare_dataset(train_dataset, "training")
+            train_dataset = self._prepare_train_dataset(train_dataset)
             train_groups, train_labels = self._train_groups_and_labels(train_dataset)
             if self.mitigations.needs_pairs:
                 self._check_pairs(train_dataset)
@@ -306,6 +312,15 @@ class FairTrainer(Trainer):
             eval_dataset = {k: self.prepare_dataset(v, f"evaluation ({k})") for k, v in eval_dataset.items()}
         elif eval_dataset is not None:
             eval_dataset = self.prepare_dataset(eval_dataset, "evaluation")
+        # Checkpoint selection under bounds, never a constant-prediction model (fairtune.selection).
+        self.model_selection = ModelSelection.for_run(
+            args,
+            self.group_vocab,
+            self.num_labels,
+            self.is_classifier,
+            eval_dataset,
+            open_ended=kwargs.get("compute_metrics") is not None or monitor is not None,
+        )
 
         if data_collator is None:
             if not isinstance(processing_class, PreTrainedTokenizerBase):
@@ -349,6 +364,8 @@ class FairTrainer(Trainer):
         # Last fairness results: metric prefix ("eval", "test", ...) -> grouping -> result.
         self.fairness_results: dict[str, dict[str, GroupResult]] = {}
         self._output_dir_checked = False
+        if self.model_selection is not None:
+            self.add_callback(self.model_selection)
 
     @staticmethod
     def _resolve_vocab(
@@ -404,9 +421,14 @@ class FairTrainer(Trainer):
             return None
         return ProcessSync()
 
-    def _train_groups_and_labels(self, dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N,) training group ids and (N,) labels, read from the arrow table without decoding rows."""
+    def _train_groups_and_labels(self, dataset: Any) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(N,) training group ids (None for data without groups) and (N,) labels, read from the arrow table
+        without decoding rows."""
         table = dataset.with_format("arrow")
+        if self.train_group_column not in dataset.column_names:  # groups on validation only (JTT)
+            label = self._label_column(dataset, "training") if self.is_classifier else None
+            labels = table[label].to_numpy() if label else np.zeros(len(dataset))
+            return None, torch.tensor(labels, dtype=torch.long)
         groups = torch.tensor(table[self.train_group_column].to_numpy(), dtype=torch.long)
         if not self.is_classifier:
             return groups, torch.zeros_like(groups)
@@ -486,17 +508,18 @@ class FairTrainer(Trainer):
             raise ValueError(ERR_NO_LABEL.format(split=split, columns=dataset.column_names))
         return label
 
-    def prepare_dataset(self, dataset: Any, split: str = "evaluation") -> Any:
+    def prepare_dataset(self, dataset: Any, split: str = "evaluation", encode_groups: bool = True) -> Any:
         """Check labels and attribute columns, then add the ``group:<grouping>`` id columns.
 
         Raises before anything runs if a column is missing, holds missing/NaN values, or a label lies
-        outside ``[0, num_labels)``.
+        outside ``[0, num_labels)``. ``encode_groups=False``: labels only (training data without groups).
         """
         self._check_dataset(dataset, split)
         if _is_stream(dataset):
             return self._prepare_stream(dataset, split)
+        encode = self.group_vocab.encode if encode_groups else lambda data, split: data
         if not self.is_classifier:  # a causal LM's labels are its input ids, made by the collator
-            return self.group_vocab.encode(dataset, split=split)
+            return encode(dataset, split=split)
         label = self._label_column(dataset, split)
         check_columns(dataset, [label], split=split, what="the labels")
         column = dataset.with_format("arrow")[label]
@@ -507,7 +530,22 @@ class FairTrainer(Trainer):
             raise ValueError(
                 ERR_LABEL_RANGE.format(split=split, num_labels=self.num_labels, low=low, high=high)
             )
-        return self.group_vocab.encode(dataset, split=split)
+        return encode(dataset, split=split)
+
+    def _prepare_train_dataset(self, dataset: Any) -> Any:
+        """``prepare_dataset`` for training data. Data with none of the attribute columns trains without
+        groups (group labels on validation only, e.g. JTT) when no method needs them; else it is an error."""
+        self._check_dataset(dataset, "training")
+        if any(a in dataset.column_names for a in self.group_vocab.attributes):
+            return self.prepare_dataset(dataset, "training")
+        needing = [m for m in self.mitigations if getattr(m, "needs_train_groups", True)]
+        if needing:
+            raise ValueError(
+                ERR_TRAIN_GROUPS_NEEDED.format(
+                    methods=", ".join(map(repr, needing)), attributes=", ".join(self.group_vocab.attributes)
+                )
+            )
+        return self.prepare_dataset(dataset, "training", encode_groups=False)
 
     def _prepare_stream(self, dataset: Any, split: str) -> Any:
         """A streamed dataset with lazily checked labels and ``group:<grouping>`` id columns.
@@ -937,6 +975,8 @@ class FairTrainer(Trainer):
     # ----- training, checkpoints, saving ------------------------------------------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
         """``Trainer.train``, refusing to overwrite an earlier run in ``output_dir`` unless told to."""
+        if self.train_dataset is not None:  # e.g. JTT's second stage must train on its upsampled set
+            self.mitigations.check_before_training(len(self.train_dataset))
         if not resume_from_checkpoint and not self._output_dir_checked and not self.args.overwrite_output_dir:
             check_output_dir(self.args.output_dir)
         self._output_dir_checked = True
@@ -951,6 +991,13 @@ class FairTrainer(Trainer):
         if self.accelerator.num_processes > 1 and self.accelerator.sync_gradients:
             self.mitigations.sync_gradients(self._reduce())
         return loss
+
+    def _determine_best_metric(self, metrics: dict[str, float], trial: Any) -> bool:
+        """Trainer's best-checkpoint rule, or ``self.model_selection`` (bounds; no constant model)."""
+        if self.model_selection is None:
+            return super()._determine_best_metric(metrics, trial)
+        saves = self.args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST)
+        return self.model_selection.update(metrics, self.state, saves)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)

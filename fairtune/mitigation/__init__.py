@@ -7,6 +7,7 @@
 * Reweighting and sampling: ``KamiranCalders``, ``BalancedGroup``, ``BalancedLabel``,
   ``BalancedGroupLabel`` (as loss weights or as a sampler), and ``GroupDRO``.
 * Constraints with stated bounds: ``LagrangianConstraints`` of ``Constraint`` objects (``constraints:``).
+* Two stages: ``JustTrainTwice`` (``just_train_twice``: ERM, then its training errors up-weighted).
 * Post-processing: ``GroupThresholds``.
 
 Pass objects as ``FairTrainer(..., mitigations=[...])``, or name them in a config (``penalty:``,
@@ -18,6 +19,7 @@ from fairtune.mitigation.adversary import Adversary, EqualizedOddsAdversary, gra
 from fairtune.mitigation.combined import Mitigations, TermLog
 from fairtune.mitigation.consistency import CounterfactualConsistency
 from fairtune.mitigation.constraints import Constraint, LagrangianConstraints, parse_constraints
+from fairtune.mitigation.jtt import JustTrainTwice, just_train_twice
 from fairtune.mitigation.penalties import (
     DemographicParity,
     EqualizedOdds,
@@ -58,6 +60,7 @@ __all__ = [
     "EqualizedOddsAdversary",
     "GroupDRO",
     "GroupThresholds",
+    "JustTrainTwice",
     "KamiranCalders",
     "LagrangianConstraints",
     "LossParity",
@@ -72,6 +75,7 @@ __all__ = [
     "WeightedEpochSampler",
     "build",
     "grad_reverse",
+    "just_train_twice",
     "group_rates",
     "group_sums",
     "lookup",

@@ -148,6 +148,7 @@ class Mitigations:
         dro: list[GroupDRO] = []
         adversaries: list[Adversary] = []
         constraints: list[LagrangianConstraints] = []
+        staged: list[Any] = []  # two-stage procedures around training (JTT, fairtune.mitigation.jtt)
         for method in self.methods:
             if isinstance(method, Penalty):
                 self.penalties.append(method)
@@ -159,6 +160,8 @@ class Mitigations:
                 adversaries.append(method)
             elif isinstance(method, LagrangianConstraints):
                 constraints.append(method)
+            elif getattr(method, "two_stage", False):
+                staged.append(method)
             else:
                 raise TypeError(ERR_MITIGATION_TYPE.format(kind=type(method).__name__))
         samplers = [r for r in reweighters if r.mode == "sampler"]
@@ -167,6 +170,7 @@ class Mitigations:
             ("GroupDRO", dro),
             ("sampler", samplers),
             ("LagrangianConstraints", constraints),
+            ("JTT", staged),
         ):
             if len(items) > 1:
                 raise ValueError(ERR_MITIGATION_TWICE.format(what=what, count=len(items), items=items))
@@ -175,6 +179,7 @@ class Mitigations:
         self.group_dro = dro[0] if dro else None
         self.adversary = adversaries[0] if adversaries else None
         self.constraints = constraints[0] if constraints else None
+        self.two_stage = staged[0] if staged else None
         self.penalty_keys = _unique_keys([f"penalty/{p.name}" for p in self.penalties])
 
     @classmethod
@@ -237,6 +242,12 @@ class Mitigations:
                 raise ValueError(ERR_POSTPROCESS_BINARY.format(name=post.objective, num_labels=num_labels))
             if not has_validation:
                 raise ValueError(ERR_POSTPROCESS_NO_VALIDATION.format(name=post.objective))
+
+    def check_before_training(self, num_rows: int) -> None:
+        """Refuse to train with a two-stage method (JTT) whose first stage did not make this training set
+        (``num_rows`` rows): the method would otherwise be silently ignored."""
+        if self.two_stage is not None:
+            self.two_stage.check_ready(num_rows)
 
     def check_model(self, model: nn.Module, optimizers: Any = None) -> None:
         """Refuse methods that cannot work with ``model`` (or with an optimizer passed in)."""
