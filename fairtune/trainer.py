@@ -975,7 +975,8 @@ class FairTrainer(Trainer):
     # ----- training, checkpoints, saving ------------------------------------------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
         """``Trainer.train``, refusing to overwrite an earlier run in ``output_dir`` unless told to."""
-        if self.train_dataset is not None:  # e.g. JTT's second stage must train on its upsampled set
+        if self.train_dataset is not None and self.mitigations.two_stage is not None:
+            # JTT's second stage must train on its upsampled set (a stream is refused before this).
             self.mitigations.check_before_training(len(self.train_dataset))
         if not resume_from_checkpoint and not self._output_dir_checked and not self.args.overwrite_output_dir:
             check_output_dir(self.args.output_dir)

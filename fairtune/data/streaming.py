@@ -151,6 +151,11 @@ def check_streaming_options(data_args: DataArguments, args: Any, reweighting: Se
             "weights.",
         ),
         (
+            getattr(args, "reweighting", None) == "jtt",
+            "reweighting='jtt'",
+            "Just Train Twice retrains on an upsampled copy of the training rows held in memory.",
+        ),
+        (
             getattr(args, "batch_sampling", "random") != "random",
             f"batch_sampling={getattr(args, 'batch_sampling', None)!r}",
             "group-stratified batches draw rows by index from each group, which a stream does not have.",
