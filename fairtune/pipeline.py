@@ -128,7 +128,7 @@ def build(
     need no model (methods and their options, data, groups, labels, post-processing on the task) run before
     the tokenizer and the model are loaded.
     """
-    from transformers import AutoTokenizer, set_seed
+    from transformers import set_seed
 
     if args.task == "causal_lm" and data_args.streaming:
         reason = "causal LM runs read their corpus in memory; streaming is for classification."
@@ -163,6 +163,24 @@ def build(
         vocab = GroupVocabulary.load(saved_vocab, args.missing_group)
     else:
         vocab = GroupVocabulary(args.group_by, args.eval_group_by, args.missing_group).fit(raw["train"])
+    return _text_trainer(path, model_args, data_args, args, raw, vocab, mitigations, num_labels, label_names)
+
+
+def _text_trainer(
+    path: str,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    args: FairTrainingArguments,
+    raw: Any,
+    vocab: GroupVocabulary,
+    mitigations: Mitigations,
+    num_labels: int,
+    label_names: list[str] | None,
+) -> tuple[FairTrainer, Any]:
+    """Tokenize the splits (in memory or streamed), build the classifier and its ``FairTrainer``; the test
+    split is checked and group-encoded now, so a bad test file fails before training."""
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(path)
     data = tokenize(
         raw, tokenizer, data_args.text_column, data_args.text_pair_column, data_args.max_seq_length
@@ -197,8 +215,6 @@ def build_streaming(
     reweighting counts declared, loaded or counted in one pass over the training stream (see
     ``fairtune.data.streaming``). Returns the trainer and the streamed splits; ``trainer.stream_counts``
     holds a counting pass's result (None without one), which ``train_and_report`` saves."""
-    from transformers import AutoTokenizer
-
     groupings = groupings_of(args.group_by, args.eval_group_by)
     raw, sources = load_streaming_datasets(data_args, groupings)
     counts = StreamCounts.load(data_args.stream_counts) if data_args.stream_counts else None
@@ -228,23 +244,10 @@ def build_streaming(
     mitigations.check_task(num_labels, has_validation=True)
     for split in raw:
         raw[split] = encode_stream_labels(raw[split], class_names, num_labels, f"{split} ({sources[split]})")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    data = tokenize(
-        raw, tokenizer, data_args.text_column, data_args.text_pair_column, data_args.max_seq_length
-    )
-    model = build_model(model_args, num_labels, class_names)
-    trainer = FairTrainer(
-        model=model,
-        args=args,
-        train_dataset=data["train"],
-        eval_dataset=data["validation"],
-        processing_class=tokenizer,
-        group_vocab=vocab,
-        mitigations=mitigations,
+    trainer, data = _text_trainer(
+        path, model_args, data_args, args, raw, vocab, mitigations, num_labels, class_names
     )
     trainer.stream_counts = counted
-    if "test" in data:
-        data["test"] = trainer.prepare_dataset(data["test"], "test")
     return trainer, data
 
 
