@@ -97,27 +97,21 @@ def accuracy_difference(
     y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike, min_group_size: int = 0
 ) -> float:
     """Max - min accuracy across groups (any number of classes)."""
-    return metric_frame(
-        y_true, y_pred, sensitive_features=sensitive_features, min_group_size=min_group_size
-    ).gaps["accuracy_difference"]
+    return _gap("accuracy_difference", y_true, y_pred, sensitive_features, min_group_size)
 
 
 def worst_group_accuracy(
     y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike, min_group_size: int = 0
 ) -> float:
     """Lowest accuracy of any group (any number of classes)."""
-    return metric_frame(
-        y_true, y_pred, sensitive_features=sensitive_features, min_group_size=min_group_size
-    ).gaps["worst_group_accuracy"]
+    return _gap("worst_group_accuracy", y_true, y_pred, sensitive_features, min_group_size)
 
 
 def tpr_gap_rms(
     y_true: ArrayLike, y_pred: ArrayLike, *, sensitive_features: ArrayLike, min_group_size: int = 0
 ) -> float:
     """Root mean square over classes of the across-group recall spread (any number of classes)."""
-    return metric_frame(
-        y_true, y_pred, sensitive_features=sensitive_features, min_group_size=min_group_size
-    ).gaps["tpr_gap_rms"]
+    return _gap("tpr_gap_rms", y_true, y_pred, sensitive_features, min_group_size)
 
 
 def metric_frame(
@@ -173,14 +167,22 @@ def _agg_suffix(agg: str) -> str:
     return "" if agg == "worst_case" else "_mean"
 
 
+def _gap(
+    gap: str, y_true: ArrayLike, y_pred: ArrayLike, sensitive_features: ArrayLike, min_group_size: int = 0
+) -> float:
+    """One gap of ``metric_frame`` over any number of classes."""
+    return metric_frame(
+        y_true, y_pred, sensitive_features=sensitive_features, min_group_size=min_group_size
+    ).gaps[gap]
+
+
 def _binary_gap(
     gap: str, y_true: ArrayLike, y_pred: ArrayLike, sensitive_features: ArrayLike, min_group_size: int = 0
 ) -> float:
     labels = _as_binary("y_true", y_true)
     preds = _as_binary("y_pred", y_pred, labels.shape[0])
     # C == 2 is forced even when one array holds a single class, so the binary gaps always exist.
-    result = metric_frame(labels, preds, sensitive_features=sensitive_features, min_group_size=min_group_size)
-    return result.gaps[gap]
+    return _gap(gap, labels, preds, sensitive_features, min_group_size)
 
 
 def _as_binary(name: str, values: ArrayLike, num_samples: int | None = None) -> np.ndarray:
