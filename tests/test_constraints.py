@@ -18,6 +18,7 @@ from fairtune.mitigation.constraints import (
     ERR_CONSTRAINT_METRIC,
     ERR_CONSTRAINT_SYNTAX,
     ERR_CONSTRAINT_TWICE,
+    ERR_GAIN,
     ERR_RESUME_CONSTRAINTS,
     STATISTICS,
 )
@@ -44,6 +45,9 @@ def test_parse_and_bad_constraints():
     with pytest.raises(ValueError) as err:
         M.Constraint("accuracy_difference", 1.5)
     assert str(err.value) == ERR_CONSTRAINT_BOUND.format(metric="accuracy_difference", bound=1.5)
+    with pytest.raises(ValueError) as err:
+        M.LagrangianConstraints(["accuracy_difference <= 0.1"], proportional=-1.0)
+    assert str(err.value) == ERR_GAIN.format(name="proportional", value=-1.0)
     with pytest.raises(ValueError) as err:
         M.parse_constraints(["accuracy_difference <= 0.1", "accuracy_difference <= 0.2"])
     assert str(err.value) == ERR_CONSTRAINT_TWICE.format(metric="accuracy_difference")

@@ -78,6 +78,7 @@ ERR_RESUME_CONSTRAINTS = (
     "The checkpoint's constraints {saved} differ from this run's {ours}; resume with the same constraints or "
     "start a new run."
 )
+ERR_GAIN = "constraint option {name} must be a finite number >= 0; got {value}."
 ERR_NO_CONSTRAINTS = "LagrangianConstraints needs at least one constraint."
 
 _CONSTRAINT_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|<)\s*([-+0-9.eE]+)\s*$")
@@ -188,6 +189,9 @@ class LagrangianConstraints:
             raise ValueError(ERR_NO_CONSTRAINTS)
         if not (math.isfinite(multiplier_lr) and multiplier_lr > 0):
             raise ValueError(ERR_MULTIPLIER_LR.format(lr=multiplier_lr))
+        for name, value in (("initial_multiplier", initial_multiplier), ("proportional", proportional)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(ERR_GAIN.format(name=name, value=value))
         self.multiplier_lr = float(multiplier_lr)
         self.momentum = float(momentum)
         self.initial_multiplier = float(initial_multiplier)
@@ -203,7 +207,7 @@ class LagrangianConstraints:
     @classmethod
     def from_args(cls, args: Any) -> LagrangianConstraints:
         """Build from ``FairTrainingArguments``: ``constraints``, ``constraint_learning_rate`` and the
-        ``constraint_options`` mapping (``momentum``, ``initial_multiplier``)."""
+        ``constraint_options`` mapping (``momentum``, ``initial_multiplier``, ``proportional``)."""
         options = dict(getattr(args, "constraint_options", None) or {})
         return cls(args.constraints, multiplier_lr=args.constraint_learning_rate, **options)
 
