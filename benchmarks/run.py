@@ -88,7 +88,7 @@ def load_suite(path: str) -> dict[str, Any]:
 
 
 def expand(suite: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every run of the suite: {dataset, method, params, seed}, methods' sweeps expanded."""
+    """Every run of the suite: {dataset, method, params, seed}, methods' sweeps expanded, seed-major."""
     runs = []
     for dataset, spec in suite["datasets"].items():
         variants = []
@@ -99,7 +99,8 @@ def expand(suite: dict[str, Any]) -> list[dict[str, Any]]:
                 variants.append((method["name"], params))
         if spec["kind"] == "tabular":
             variants += [(peer, {}) for peer in suite.get("peers", [])]
-        for (name, params), seed in itertools.product(variants, suite["seeds"]):
+        # Seed-major: a suite stopped part-way holds every method on its first seeds, a fair comparison.
+        for seed, (name, params) in itertools.product(suite["seeds"], variants):
             runs.append({"dataset": dataset, "method": name, "params": params, "seed": seed})
     return runs
 

@@ -10,8 +10,9 @@ by chunk from `numpy.random.default_rng([seed, chunk index])`, so every mode see
   one chunk at a time, then `compute()`: only the counts stay in memory;
 * `groupstats in memory`: the same rows generated whole, then one `update` (memory grows with N);
 * `trainer streamed`: `FairTrainer.evaluate()` of a tiny MLP (4 -> 16 -> 2) on a `datasets.IterableDataset`
-  (`from_generator`, the chunks above row by row); streamed evaluation data is evaluated lean (only the
-  `GroupStats` sums are kept; `lean_evaluation`);
+  read from a Parquet file of the chunks above (`load_dataset("parquet", ..., streaming=True)`, as
+  `streaming: true` reads local files; the file is written, chunk by chunk, before the clock starts);
+  streamed evaluation data is evaluated lean (only the `GroupStats` sums are kept; `lean_evaluation`);
 * `trainer in memory`: the same rows as an in-memory `datasets.Dataset`, evaluated by Trainer's own loop
   (`lean_evaluation: false`, today's default for in-memory data: every loss, logit and label is kept);
 * `trainer in memory, lean`: the in-memory dataset with `lean_evaluation: true`.
@@ -20,8 +21,8 @@ Each (mode, N) runs in a fresh Python process, so its peak RSS (`resource.getrus
 the high-water mark of the process's resident memory, imports included) is its own. Rows per second count
 the evaluation (the `update`s and `compute()`, or `evaluate()`), not imports or model building. What the
 stream does is timed with it: `groupstats chunked` includes generating each chunk (the in-memory mode
-generates before the clock starts), `trainer streamed` includes producing the rows; the in-memory trainer
-modes do not time building the `Dataset`. Every mode reports accuracy and the
+generates before the clock starts), `trainer streamed` includes reading and decoding the Parquet file; the
+in-memory trainer modes do not time building the `Dataset`. Every mode reports accuracy and the
 demographic parity difference, which must agree across modes for the same N.
 """
 
@@ -110,10 +111,25 @@ def groupstats_in_memory(n: int, chunk: int = 65_536, groups: int = 16) -> dict[
     return _summary(stats, time.perf_counter() - start, n)
 
 
-def _rows(n: int, chunk: int, groups: int) -> Iterator[dict[str, object]]:
+def write_parquet(path: str, n: int, chunk: int, groups: int) -> str:
+    """The synthetic rows as one Parquet file, written a chunk at a time (memory flat in N): features
+    (4 floats), labels, group name ``g``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = None
     for c in chunks(n, chunk, groups):
-        for x, y, g in zip(c["features"].tolist(), c["labels"].tolist(), c["groups"].tolist(), strict=True):
-            yield {"features": x, "labels": y, "g": f"g{g:02d}"}
+        table = pa.table(
+            {
+                "features": pa.FixedSizeListArray.from_arrays(pa.array(c["features"].ravel()), 4),
+                "labels": c["labels"],
+                "g": [f"g{g:02d}" for g in c["groups"].tolist()],
+            }
+        )
+        writer = writer or pq.ParquetWriter(path, table.schema)
+        writer.write_table(table)
+    writer.close()
+    return path
 
 
 def trainer_eval(
@@ -145,9 +161,11 @@ def trainer_eval(
         def forward(self, features: torch.Tensor) -> torch.Tensor:
             return self.net(features)
 
-    kwargs = dict(n=n, chunk=chunk, groups=groups)
     if streamed:
-        data = datasets.IterableDataset.from_generator(_rows, gen_kwargs=kwargs)
+        # A local file read with streaming=True, as `streaming: true` reads train_file / validation_file.
+        os.makedirs(out, exist_ok=True)
+        path = write_parquet(os.path.join(out, "rows.parquet"), n, chunk, groups)
+        data = datasets.load_dataset("parquet", data_files={"test": path}, streaming=True)["test"]
     else:
         parts = list(chunks(n, chunk, groups))
         data = datasets.Dataset.from_dict(

@@ -52,6 +52,9 @@ def test_pareto_front_and_suite_errors(tmp_path):
         run.load_suite(str(bad))
     runs = run.expand(run.load_suite(str(ROOT / "benchmarks" / "suites" / "cpu_tabular.yaml")))
     assert len({run.run_key(r) for r in runs}) == len(runs) >= 90
+    # Seed-major within a dataset: every method of the first seed before any run of the second.
+    adult = [r["seed"] for r in runs if r["dataset"] == runs[0]["dataset"]]
+    assert adult == sorted(adult)
 
 
 @pytest.mark.slow

@@ -181,6 +181,51 @@ def test_a_value_the_vocabulary_lacks_or_a_missing_one_stops_the_stream_naming_t
         st.check_counted_groups(vocab, counts)
 
 
+def test_vectorised_encoding_equals_the_row_by_row_encoding_over_several_batches():
+    """Groups of string, int, float and bool columns (and their intersection) and string labels encode as
+    the in-memory vocabulary does; a bad row in a later Arrow batch is named by its row number."""
+    rng = np.random.default_rng(0)
+    n = 2_500  # three of datasets' 1,000-row map batches
+    rows = [
+        {
+            "label": ["no", "yes"][int(rng.integers(2))],
+            "sex": ["F", "M"][int(rng.integers(2))],
+            "age": int(rng.integers(3)),
+            "score": [0.5, 1.0][int(rng.integers(2))],
+            "flag": bool(rng.integers(2)),
+        }
+        for _ in range(n)
+    ]
+    vocab = GroupVocabulary("sex+age", ["score", "flag"])
+    vocab.fit(datasets_from(rows))
+    stream = st.encode_stream_labels(_stream(rows), ["no", "yes"], 2, "validation")
+    encoded = list(st.encode_stream_groups(stream, vocab, "validation"))
+    expected = vocab.encode(datasets_from(rows), split="validation")
+    for column in ("group:sex+age", "group:score", "group:flag"):
+        assert [r[column] for r in encoded] == expected[column]
+    assert vocab.names("score") == ["0.5", "1.0"] and vocab.names("flag") == ["False", "True"]
+    assert [r["label"] for r in encoded] == [["no", "yes"].index(r["label"]) for r in rows]
+    rows[1_733]["age"] = 7
+    with pytest.raises(
+        ValueError, match=f"Row 1733 of the training stream has group '{rows[1_733]['sex']}\\|7'"
+    ):
+        list(st.encode_stream_groups(_stream(rows), vocab, "training"))
+    rows[1_733]["age"], rows[2_100]["label"] = 1, "maybe"
+    with pytest.raises(ValueError, match="Row 2100 of the validation stream has label 'maybe'"):
+        list(st.encode_stream_labels(_stream(rows), ["no", "yes"], 2, "validation"))
+    rows[2_100]["label"], rows[2_400]["score"] = "no", float("nan")
+    with pytest.raises(
+        ValueError, match="Row 2400 of the training stream has a missing or NaN value in column 'score'"
+    ):
+        list(st.encode_stream_groups(_stream(rows), vocab, "training"))
+
+
+def datasets_from(rows):
+    import datasets
+
+    return datasets.Dataset.from_list(rows)
+
+
 def test_what_a_stream_cannot_do_is_refused_by_name_before_anything_is_written(tmp_path, text_files):
     model_dir, train, valid = text_files
     cases = [
