@@ -4,6 +4,8 @@ Run as ``python tests/dist_eval.py OUT.json`` (one process) or
 ``torchrun --nproc_per_node 2 tests/dist_eval.py OUT.json`` (two gloo ranks on CPU); tests/test_distributed.py
 compares the two. Same model weights, same data, same group vocabulary in every run.
 
+It also evaluates 101 other rows twice, as a stream and in memory (``stream_metrics``, ``memory_metrics``).
+
 ``tests/dist_eval.py OUT.json BOOTSTRAP`` evaluates with BOOTSTRAP replicates and has every rank write its own
 metrics to ``OUT.rank<r>.json``; tests/test_metrics.py checks that every rank reports the same intervals.
 """
@@ -53,6 +55,12 @@ def main(out_path: str, bootstrap_samples: int = 0) -> None:
     )
     metrics = trainer.evaluate(biased_tabular(n=EVAL_ROWS, seed=3, groups=("F", "M", "X")))
     result = {"world_size": trainer.accelerator.num_processes, "metrics": metrics}
+    if not bootstrap_samples:
+        # The same kind of rows read as a stream (groups the vocabulary knows: a stream adds none), and
+        # held in memory: streamed evaluation must count every row once on any number of processes.
+        rows = biased_tabular(n=EVAL_ROWS, seed=4)
+        result["stream_metrics"] = trainer.evaluate(rows.to_iterable_dataset(num_shards=3))
+        result["memory_metrics"] = trainer.evaluate(rows)
     if bootstrap_samples:
         rank = trainer.accelerator.process_index
         out.with_suffix(f".rank{rank}.json").write_text(json.dumps(result, indent=1, sort_keys=True))

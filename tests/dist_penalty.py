@@ -8,8 +8,9 @@ tests/test_gathered.py compares the ranks' results with one process on the same 
   its logits) and without it (its own rows only), and writes ``values_rank{r}.json``.
 * ``train``: a tiny MLP trained with SGD and a demographic-parity penalty on a fixed 16-row set, for the
   configurations of ``TRAIN_CONFIGS`` (global batch 16; global micro-batch 8 with 2 accumulation steps; sync
-  off), in order (a sequential sampler, so a process's micro-batch m is a fixed slice of the global one);
-  rank 0 writes ``train_<config>.json`` with the final weights and the logged penalty per step.
+  off; the rows as a stream), in order (a sequential sampler, so a process's micro-batch m is a fixed slice
+  of the global one); rank 0 writes ``train_<config>.json`` with the final weights and the logged penalty
+  per step.
 """
 
 from __future__ import annotations
@@ -130,7 +131,14 @@ def run_values(out: Path) -> None:
 
 TRAIN_ROWS = 16
 # name -> (global micro-batch, gradient accumulation steps, penalty_sync)
-TRAIN_CONFIGS = {"full": (16, 1, True), "accumulate": (8, 2, True), "no_sync": (16, 1, False)}
+TRAIN_CONFIGS = {
+    "full": (16, 1, True),
+    "accumulate": (8, 2, True),
+    "no_sync": (16, 1, False),
+    # The same rows as a stream (read in order; on 2 processes rank 0 reads the global batch and accelerate
+    # hands each rank its half).
+    "stream": (16, 1, True),
+}
 
 
 def run_train(out: Path) -> None:
@@ -138,6 +146,7 @@ def run_train(out: Path) -> None:
     from torch.utils.data import SequentialSampler
 
     from fairtune import FairTrainer, FairTrainingArguments
+    from fairtune.data.streaming import declared_vocabulary
 
     class InOrder(FairTrainer):
         # Rows in order: a process's micro-batch m is then a fixed slice of the global micro-batch m.
@@ -168,7 +177,13 @@ def run_train(out: Path) -> None:
             use_cpu=True,
             seed=0,
         )
-        trainer = InOrder(MLP(), args, train_dataset=biased_tabular(TRAIN_ROWS, seed=3))
+        rows = biased_tabular(TRAIN_ROWS, seed=3)
+        if name == "stream":
+            vocab = declared_vocabulary("sex", None, {"sex": ["F", "M"]})
+            args.num_labels = 2
+            trainer = FairTrainer(MLP(), args, train_dataset=rows.to_iterable_dataset(), group_vocab=vocab)
+        else:
+            trainer = InOrder(MLP(), args, train_dataset=rows)
         trainer.train()
         if trainer.accelerator.process_index == 0:
             history = trainer.state.log_history

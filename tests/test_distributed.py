@@ -124,6 +124,20 @@ def test_trainer_metrics_match(runs):
 
 
 @pytest.mark.slow
+def test_streamed_evaluation_equals_in_memory_on_one_and_two_processes(runs):
+    """A stream (3 shards, read by rank 0 and dispatched by accelerate) counts every row once."""
+    reference = runs[0]["memory_metrics"]
+    keys = sorted(k for k in reference if "/" in k)
+    assert reference["eval_sex/overall/count"] == EVAL_ROWS
+    for result in runs:
+        for name in ("stream_metrics", "memory_metrics"):
+            metrics = result[name]
+            assert set(k for k in metrics if "/" in k) == set(keys), name
+            mismatched = _mismatches(reference, metrics, keys + ["eval_loss"])
+            assert not mismatched, f"{name} on {result['world_size']} process(es): {mismatched}"
+
+
+@pytest.mark.slow
 def test_group_dro_and_adversary_state_agree_across_processes(tmp_path):
     torchrun = [*_torchrun(), "--nnodes", "1", "--nproc_per_node", "2"]
     torchrun += [

@@ -98,6 +98,18 @@ def test_training_on_two_processes_equals_one_process(trained, config):
 
 
 @pytest.mark.slow
+def test_training_on_a_stream_equals_in_memory_on_one_and_two_processes(trained):
+    single, double = trained
+    reference = json.loads((single / "train_full.json").read_text())
+    for folder in (single, double):
+        stream = json.loads((folder / "train_stream.json").read_text())
+        assert stream["penalty"] == pytest.approx(reference["penalty"], rel=1e-5, abs=1e-7)
+        torch.testing.assert_close(
+            _weights(folder / "train_stream.json"), _weights(single / "train_full.json")
+        )
+
+
+@pytest.mark.slow
 def test_training_without_sync_differs(trained):
     single, double = trained
     # On one process penalty_sync changes nothing, bit for bit.
