@@ -63,8 +63,12 @@ def audit_dataset(
     min_cell_size: int = 30,
     confidence: float = 0.95,
     split: str = "training",
+    proxies: bool = True,
+    text_column: str | None = None,
+    identity_terms: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Audit group representation and label base rates of ``dataset``.
+    """Audit group representation and label base rates of ``dataset``, and the columns (and words of
+    ``text_column``) that stand in for each audited attribute.
 
     Args:
         groupings: attributes or intersections, e.g. ``["sex", "race", "sex+race"]``.
@@ -72,10 +76,15 @@ def audit_dataset(
         reference: ``{grouping: {group: expected share}}``, e.g. population shares to compare with.
         min_cell_size: warn about groups and group x label cells with fewer rows.
         confidence: coverage of the Wilson intervals on the base rates.
+        proxies: rank the other columns by how well each predicts each attribute (``fairtune.proxies``).
+        text_column: a text column whose words are scored per group (with ``proxies``).
+        identity_terms: words that name a group (e.g. the counterfactual word lists), marked in the word
+            ranking.
 
     Returns a JSON-able dict: ``rows``, ``labels``, ``label_counts``, ``positive_label`` (binary: the
-    second label, whose share is the base rate), and per grouping ``groups`` (count, share, label_counts,
-    base_rate with interval), ``smallest_cells``, ``base_rate_gap``, ``reference`` and ``warnings``.
+    second label, whose share is the base rate), per grouping ``groups`` (count, share, label_counts,
+    base_rate with interval), ``smallest_cells``, ``base_rate_gap``, ``reference`` and ``warnings``, and
+    ``proxies`` (``fairtune.proxies.detect_proxies``) per attribute.
     """
     if not 0 < confidence < 1:
         raise ValueError(ERR_CONFIDENCE.format(confidence=confidence))
@@ -85,9 +94,13 @@ def audit_dataset(
         raise ValueError(ERR_EMPTY.format(split=split))
     specs = {INTERSECTION_SEPARATOR.join(parse_grouping(g)): parse_grouping(g) for g in groupings}
     needed = [label_column, *dict.fromkeys(a for attrs in specs.values() for a in attrs)]
+    if text_column is not None:
+        needed.append(text_column)
     for column in needed:
         if column not in dataset.column_names:
-            what = "label_column" if column == label_column else "the audited groupings"
+            what = {label_column: "label_column", text_column: "text_column"}.get(
+                column, "the audited groupings"
+            )
             raise ValueError(
                 ERR_MISSING_COLUMN.format(split=split, column=column, what=what, columns=dataset.column_names)
             )
@@ -96,7 +109,8 @@ def audit_dataset(
             raise ValueError(ERR_REFERENCE_KEY.format(name=name, valid=", ".join(specs)))
 
     labels, ys = _encode_labels(dataset, label_column)
-    columns = {a: list(dataset[a]) for a in needed[1:]}
+    attributes = list(dict.fromkeys(a for attrs in specs.values() for a in attrs))
+    columns = {a: list(dataset[a]) for a in attributes}
     binary = len(labels) == 2
     audit: dict[str, Any] = {
         "split": split,
@@ -117,6 +131,19 @@ def audit_dataset(
             (reference or {}).get(name),
             min_cell_size,
             confidence,
+        )
+    if proxies:
+        from fairtune.proxies import NOT_INPUTS, detect_proxies
+
+        inputs = {
+            c: columns[c] if c in columns else list(dataset[c])
+            for c in dataset.column_names
+            if c not in NOT_INPUTS
+        }
+        # An attribute with one value has nothing to stand in for; its audit says so elsewhere.
+        present = [a for a in attributes if len({str(v) for v in columns[a] if not is_missing(v)}) > 1]
+        audit["proxies"] = detect_proxies(
+            inputs, present, text_column, exclude=[label_column], identity_terms=identity_terms
         )
     return audit
 
@@ -203,6 +230,16 @@ def _compare_reference(
     return {"by_group": by_group, "total_variation_distance": distance}
 
 
+def proxy_options(dataset: Any, data_args: Any) -> dict[str, Any]:
+    """``audit_dataset``'s text options for a config's data: its text column when the dataset has one, and
+    the terms of its counterfactual word lists as identity terms."""
+    from fairtune.data.loading import word_pairs
+
+    text = data_args.text_column if data_args.text_column in dataset.column_names else None
+    pairs = word_pairs(list(data_args.counterfactual_word_lists)) if text else None
+    return {"text_column": text, "identity_terms": list(pairs.mapping) if pairs is not None else []}
+
+
 # ----- output ------------------------------------------------------------------------------------------
 def audit_table(audit: dict[str, Any], grouping: str, label_counts: bool = True) -> str:
     """Markdown table of one grouping: rows and share per group, optionally the count of each label, and
@@ -255,7 +292,42 @@ def render_audit_markdown(audit: dict[str, Any]) -> str:
         lines += [f"> warning: {w}" for w in g["warnings"]]
         if g["warnings"]:
             lines.append("")
+    for attribute, p in audit.get("proxies", {}).items():
+        lines += proxy_markdown(attribute, p)
     return "\n".join(lines)
+
+
+def proxy_markdown(attribute: str, proxies: dict[str, Any], top: int = 8) -> list[str]:
+    """Markdown lines for the proxies of one attribute: the strongest columns and each group's words."""
+    lines = [
+        f"## Proxies of `{attribute}`",
+        "",
+        f"How well each column alone predicts `{attribute}` ({proxies['rows']} rows with a value): AUC of a "
+        "one-column model (0.5 = no information, 1 = identifies the group); NMI = normalised mutual "
+        "information (categorical columns).",
+        "",
+        "| column | kind | AUC | NMI |",
+        "|---|---|---|---|",
+    ]
+    for c in proxies["columns"][:top]:
+        lines.append(f"| {c['column']} | {c['kind']} | {fmt(c['auc'])} | {fmt(c.get('nmi'))} |")
+    if len(proxies["columns"]) > top:
+        rest = ", ".join(f"{c['column']} {fmt(c['auc'])}" for c in proxies["columns"][top:])
+        lines += ["", f"Other columns: {rest}."]
+    lines.append("")
+    if proxies.get("tokens"):
+        lines += [
+            f"Words of `{proxies['text_column']}` most associated with each group (log-odds z-score against "
+            "the other groups; * a term of the counterfactual word lists, which names the group):",
+            "",
+        ]
+        for group, tokens in proxies["tokens"].items():
+            shown = ", ".join(
+                f"{t['token']}{'*' if t['identity_term'] else ''} ({t['z']:.1f})" for t in tokens
+            )
+            lines.append(f"- {group}: {shown or '(none)'}")
+        lines.append("")
+    return lines
 
 
 def write_audit(audit: dict[str, Any], output_dir: str) -> list[str]:

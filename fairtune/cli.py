@@ -66,6 +66,8 @@ AUDIT_DATA_KEYS = (
     "validation_file",
     "test_file",
     "label_column",
+    "text_column",
+    "counterfactual_word_lists",
     "validation_split_percentage",
     "max_train_samples",
     "max_eval_samples",
@@ -92,10 +94,13 @@ AUDIT_HELP = """usage: fairtune audit-data --config CONFIG.yaml [--split train] 
                           [--audit_dir DIR] [data or grouping key, e.g. --group_by sex]
 
 Audits the split's groupings (group_by and eval_group_by of the config): counts, shares, label base rates
-with Wilson intervals, smallest cells, and shares against a reference ({"sex": {"Female": 0.5, ...}}).
-Writes data_audit.json, data_audit.md and PNG plots to --audit_dir (default: <output_dir>/data_audit).
-The config file may hold any key; flags are limited to the keys the audit reads: dataset_name,
-dataset_config_name, train_file, validation_file, test_file, label_column, validation_split_percentage,
+with Wilson intervals, smallest cells, and shares against a reference ({"sex": {"Female": 0.5, ...}}); and
+proxies: every other column ranked by how well it alone predicts each attribute (AUC of a one-column model,
+NMI), and the words of text_column most associated with each group (terms of counterfactual_word_lists
+marked). Writes data_audit.json, data_audit.md and PNG plots to --audit_dir (default:
+<output_dir>/data_audit). The config file may hold any key; flags are limited to the keys the audit reads:
+dataset_name, dataset_config_name, train_file, validation_file, test_file, label_column, text_column,
+counterfactual_word_lists, validation_split_percentage,
 max_train_samples, max_eval_samples, max_test_samples, data_seed_for_splits, group_by, eval_group_by,
 min_group_size, confidence_level, output_dir.
 """
@@ -219,7 +224,7 @@ def audit_data_main(argv: Sequence[str] | None = None) -> None:
                 except json.JSONDecodeError as err:
                     raise ConfigError(ERR_REFERENCE_JSON.format(path=opts.reference, problem=err)) from None
 
-        from fairtune.audit import audit_dataset
+        from fairtune.audit import audit_dataset, proxy_options
         from fairtune.config import parse_config
         from fairtune.data.loading import load_raw_datasets
         from fairtune.groups import groupings_of
@@ -238,6 +243,7 @@ def audit_data_main(argv: Sequence[str] | None = None) -> None:
             min_cell_size=args.min_group_size,
             confidence=args.confidence_level,
             split=opts.split,
+            **proxy_options(raw[opts.split], data_args),
         )
     except USER_ERRORS as err:
         fail(str(err))

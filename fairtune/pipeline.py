@@ -12,7 +12,7 @@ import os
 from dataclasses import asdict
 from typing import Any
 
-from fairtune.audit import audit_dataset, write_audit
+from fairtune.audit import audit_dataset, proxy_options, write_audit
 from fairtune.config import DataArguments, FairTrainingArguments, ModelArguments, resolve_model_path
 from fairtune.data.loading import (
     augment_training_data,
@@ -342,6 +342,7 @@ def train_and_report(
                 groupings_of(args.group_by, args.eval_group_by),
                 min_cell_size=args.min_group_size,
                 confidence=args.confidence_level,
+                **proxy_options(data["train"], data_args),
             )
             write_audit(audit, os.path.join(args.output_dir, "data_audit"))
         card = render_model_card(

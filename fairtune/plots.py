@@ -47,6 +47,7 @@ __all__ = [
     "plot_calibration",
     "plot_comparison",
     "plot_group_rates",
+    "plot_proxies",
     "plot_roc",
     "plot_score_distributions",
 ]
@@ -576,4 +577,52 @@ def plot_audit(audit: dict[str, Any], output_dir: str) -> list[str]:
         fig.tight_layout()
         tag = name.replace(INTERSECTION_SEPARATOR, "_x_")
         paths.append(_save(fig, os.path.join(output_dir, f"data_audit_{tag}.png")))
+    for attribute, proxies in audit.get("proxies", {}).items():
+        paths.append(
+            plot_proxies(attribute, proxies, os.path.join(output_dir, f"data_audit_proxies_{attribute}.png"))
+        )
     return paths
+
+
+def plot_proxies(
+    attribute: str, proxies: dict[str, Any], path: str, top: int = 12, max_groups: int = 6
+) -> str:
+    """Proxies of one attribute (``fairtune.proxies.detect_proxies``): the columns' one-column AUC, strongest
+    first, and with a text column each group's most associated words by z-score (words that name the group,
+    from the word lists, hatched). Groups beyond the first ``max_groups`` (in name order) are left out and
+    named in the title."""
+    plt = _pyplot()
+    columns = proxies["columns"][:top]
+    tokens = proxies.get("tokens") or {}
+    shown = list(tokens)[:max_groups]
+    fig, axes = _grid(plt, 1 + len(shown), max_cols=4, width=4.2, height=max(2.8, 0.3 * top + 1.2))
+    ax = axes[0]
+    ys = list(range(len(columns)))
+    ax.barh(ys, [c["auc"] - 0.5 for c in columns], left=0.5, color=COLORS[0])
+    ax.set_yticks(ys, [c["column"] for c in columns])
+    ax.invert_yaxis()
+    ax.set_xlim(0.45, 1.0)
+    ax.axvline(0.5, color="gray", linestyle="--", linewidth=1)
+    ax.set_xlabel("AUC of a one-column model")
+    ax.set_title(f"columns that predict {attribute}")
+    for ax, group in zip(axes[1:], shown, strict=False):
+        words = tokens[group]
+        ys = list(range(len(words)))
+        bars = ax.barh(ys, [w["z"] for w in words], color=COLORS[1])
+        for bar, w in zip(bars, words, strict=True):
+            if w["identity_term"]:
+                bar.set_hatch("//")
+                bar.set_facecolor("white")
+                bar.set_edgecolor(COLORS[1])
+        ax.set_yticks(ys, [w["token"] for w in words])
+        ax.invert_yaxis()
+        ax.set_xlabel("log-odds z vs other groups")
+        ax.set_title(f"words of {group}")
+    left_out = [g for g in tokens if g not in shown]
+    note = " (hatched words: terms of the word lists, which name the group)" if shown else ""
+    fig.suptitle(
+        f"Proxies of {attribute}{note}" + (f"; not shown: {', '.join(left_out)}" if left_out else "")
+    )
+    fig.tight_layout()
+    return _save(fig, path)
+

@@ -101,7 +101,14 @@ def test_files_and_plots_are_written(tmp_path):
     audit = audit_dataset(_data(), ["sex", "sex+race"], reference={"sex": {"F": 0.5, "M": 0.5}})
     paths = write_audit(audit, str(tmp_path / "audit"))
     names = sorted(Path(p).name for p in paths)
-    assert names == ["data_audit.json", "data_audit.md", "data_audit_sex.png", "data_audit_sex_x_race.png"]
+    assert names == [
+        "data_audit.json",
+        "data_audit.md",
+        "data_audit_proxies_race.png",
+        "data_audit_proxies_sex.png",
+        "data_audit_sex.png",
+        "data_audit_sex_x_race.png",
+    ]
     for p in paths:
         assert Path(p).stat().st_size > 500
     assert Path(paths[-1]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
