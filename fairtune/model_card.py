@@ -1,7 +1,8 @@
 """The model card a training run writes: ``README.md`` in ``output_dir``, as ``push_to_hub`` would publish it.
 
-Besides the usual metadata it carries a fairness section: a summary of the training-data audit, the
-mitigation used, and the evaluation's per-group metrics with bootstrap intervals.
+Besides the usual metadata it carries a fairness section: a summary of the training-data audit (with the
+columns and words that stand in for each attribute), the mitigation used, and the evaluation's per-group
+metrics with bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 from typing import Any
 
 from fairtune.audit import audit_table
+from fairtune.curves import fmt
 from fairtune.metrics import GroupResult
 from fairtune.report import result_section
 
@@ -66,6 +68,7 @@ def render_model_card(
             lines += [f"By `{grouping}`:", "", audit_table(data_audit, grouping, label_counts=False), ""]
             if g["base_rate_gap"] is not None:
                 lines += [f"Base-rate gap in the data: {g['base_rate_gap']:.3f}.", ""]
+        lines += proxy_lines(data_audit)
     result_splits = [s for s in splits if s.startswith(eval_split)] or list(splits)
     for split in result_splits:
         for grouping, result in splits[split].items():
@@ -81,6 +84,22 @@ def render_model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def proxy_lines(data_audit: dict[str, Any], top: int = 3) -> list[str]:
+    """Card lines naming, per attribute, the training columns and words that stand in for it most
+    (``fairtune.proxies``); terms of the word lists, which name the group, are left out of the words."""
+    lines = []
+    for attribute, p in data_audit.get("proxies", {}).items():
+        columns = ", ".join(f"`{c['column']}` {fmt(c['auc'])}" for c in p["columns"][:top])
+        lines.append(
+            f"- Proxies of `{attribute}` (AUC of a one-column model): {columns or 'no input columns'}"
+        )
+        for group, tokens in (p.get("tokens") or {}).items():
+            words = [t["token"] for t in tokens if not t["identity_term"]][:top]
+            if words:
+                lines.append(f"  - words most associated with {group}: {', '.join(words)}")
+    return [*lines, ""] if lines else []
 
 
 def write_model_card(output_dir: str, text: str) -> str:

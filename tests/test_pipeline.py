@@ -100,6 +100,17 @@ def test_a_run_on_local_files_names_them_in_the_report_and_card(tmp_path, tokeni
     assert report["run"]["dataset"] == source
     card = (out / "README.md").read_text()
     assert source in card and "adult" not in card
+    # The audit's proxies reach the card; "he" / "she" name the group (built-in word list), so the words
+    # listed as standing in for it are others.
+    proxies = json.loads((out / "data_audit" / "data_audit.json").read_text())["proxies"]["sex"]
+    tokens = {g: [t["token"] for t in ts if not t["identity_term"]] for g, ts in proxies["tokens"].items()}
+    assert proxies["tokens"]["Male"][0] == {
+        **proxies["tokens"]["Male"][0],
+        "token": "he",
+        "identity_term": True,
+    }
+    assert "- Proxies of `sex` (AUC of a one-column model): no input columns" in card
+    assert f"  - words most associated with Male: {', '.join(tokens['Male'][:3])}" in card
 
 
 def test_flip_rate_counts_predictions_that_change_when_identity_terms_are_swapped(tmp_path, tokenizer):
