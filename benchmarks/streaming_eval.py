@@ -11,7 +11,8 @@ by chunk from `numpy.random.default_rng([seed, chunk index])`, so every mode see
 * `groupstats in memory`: the same rows generated whole, then one `update` (memory grows with N);
 * `trainer streamed`: `FairTrainer.evaluate()` of a tiny MLP (4 -> 16 -> 2) on a `datasets.IterableDataset`
   read from a Parquet file of the chunks above (`load_dataset("parquet", ..., streaming=True)`, as
-  `streaming: true` reads local files; the file is written, chunk by chunk, before the clock starts);
+  `streaming: true` reads local files; the file is written, chunk by chunk, by a process of its own before
+  the worker starts);
   streamed evaluation data is evaluated lean (only the `GroupStats` sums are kept; `lean_evaluation`);
 * `trainer in memory`: the same rows as an in-memory `datasets.Dataset`, evaluated by Trainer's own loop
   (`lean_evaluation: false`, today's default for in-memory data: every loss, logit and label is kept);
@@ -140,8 +141,11 @@ def trainer_eval(
     chunk: int = 65_536,
     groups: int = 16,
     batch: int = 1024,
+    parquet: str | None = None,
 ) -> dict[str, float]:
-    """``FairTrainer.evaluate()`` of a tiny MLP on N rows, streamed or in memory (``lean`` as the option)."""
+    """``FairTrainer.evaluate()`` of a tiny MLP on N rows, streamed or in memory (``lean`` as the option).
+
+    ``parquet``: the streamed rows' file, already written (else it is written here first)."""
     import datasets
     import torch
     from torch import nn
@@ -164,7 +168,7 @@ def trainer_eval(
     if streamed:
         # A local file read with streaming=True, as `streaming: true` reads train_file / validation_file.
         os.makedirs(out, exist_ok=True)
-        path = write_parquet(os.path.join(out, "rows.parquet"), n, chunk, groups)
+        path = parquet or write_parquet(os.path.join(out, "rows.parquet"), n, chunk, groups)
         data = datasets.load_dataset("parquet", data_files={"test": path}, streaming=True)["test"]
     else:
         parts = list(chunks(n, chunk, groups))
@@ -236,7 +240,9 @@ def rss_trace(n: int, every: int = 10, batch: int = 1024, groups: int = 16) -> l
     return trace
 
 
-def _worker(mode: str, n: int, chunk: int, groups: int, batch: int) -> dict[str, float]:
+def _worker(
+    mode: str, n: int, chunk: int, groups: int, batch: int, parquet: str | None = None
+) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as out:
         if mode == "groupstats chunked":
             result = groupstats_chunked(n, chunk, groups)
@@ -247,7 +253,7 @@ def _worker(mode: str, n: int, chunk: int, groups: int, batch: int) -> dict[str,
             lean = {"trainer streamed": None, "trainer in memory": False, "trainer in memory, lean": True}[
                 mode
             ]
-            result = trainer_eval(n, streamed, out, lean, chunk, groups, batch)
+            result = trainer_eval(n, streamed, out, lean, chunk, groups, batch, parquet)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return result
 
@@ -266,9 +272,30 @@ def measure(mode: str, n: int, chunk: int, groups: int, batch: int) -> dict[str,
         str(groups),
     ]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run(
-        argv + ["--batch", str(batch)], capture_output=True, text=True, env=env, check=False
-    )
+    with tempfile.TemporaryDirectory() as folder:
+        if mode == "trainer streamed":
+            # The file is written by a process of its own: the worker's peak RSS is then the evaluation's,
+            # not pyarrow's writer buffers.
+            path = os.path.join(folder, "rows.parquet")
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--write-parquet",
+                    path,
+                    str(n),
+                    "--chunk",
+                    str(chunk),
+                    "--groups",
+                    str(groups),
+                ],
+                env=env,
+                check=True,
+            )
+            argv += ["--parquet", path]
+        done = subprocess.run(
+            argv + ["--batch", str(batch)], capture_output=True, text=True, env=env, check=False
+        )
     if done.returncode != 0:
         raise RuntimeError(f"{mode} at N={n} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -300,13 +327,19 @@ def main(argv: list[str] | None = None) -> int:
         "--rss-trace", type=int, default=None, metavar="N", help="only trace VmRSS over N rows"
     )
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--write-parquet", nargs=2, metavar=("PATH", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--parquet", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.write_parquet:
+        write_parquet(args.write_parquet[0], int(args.write_parquet[1]), args.chunk, args.groups)
+        return 0
     if args.rss_trace:
         trace = rss_trace(args.rss_trace, batch=args.batch, groups=args.groups)
         print("rows evaluated, VmRSS MiB:", ", ".join(f"{r:,}: {m}" for r, m in trace))
         return 0
     if args.worker:
-        print(json.dumps(_worker(args.worker[0], int(args.worker[1]), args.chunk, args.groups, args.batch)))
+        mode, n = args.worker[0], int(args.worker[1])
+        print(json.dumps(_worker(mode, n, args.chunk, args.groups, args.batch, args.parquet)))
         return 0
     plan = [(m, n) for n in args.groupstats for m in MODES[:2]]
     in_memory = args.trainer if args.trainer_in_memory is None else args.trainer_in_memory

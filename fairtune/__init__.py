@@ -39,10 +39,15 @@ _EXPORTS = {
     "metric_frame": "fairtune.functional",
     "tpr_gap_rms": "fairtune.functional",
     "worst_group_accuracy": "fairtune.functional",
+    "detect_proxies": "fairtune.proxies",
+    "ExplanationResult": "fairtune.explain",
+    "monitor_batch": "fairtune.monitor",
+    "read_history": "fairtune.monitor",
 }
 
 __all__ = [
     "DataArguments",
+    "ExplanationResult",
     "FairDataCollator",
     "FairTrainer",
     "FairTrainingArguments",
@@ -55,12 +60,15 @@ __all__ = [
     "default_model_path",
     "demographic_parity_difference",
     "demographic_parity_ratio",
+    "detect_proxies",
     "equal_opportunity_difference",
     "equalized_odds_difference",
     "equalized_odds_ratio",
     "load_adult",
     "metric_frame",
+    "monitor_batch",
     "parse_config",
+    "read_history",
     "resolve_model_path",
     "tpr_gap_rms",
     "worst_group_accuracy",
@@ -77,6 +85,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     )
     from fairtune.data.adult import load_adult
     from fairtune.data.collator import FairDataCollator
+    from fairtune.explain import ExplanationResult
     from fairtune.functional import (
         accuracy_difference,
         demographic_parity_difference,
@@ -91,6 +100,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from fairtune.groups import GroupVocabulary
     from fairtune.metrics import GroupResult, GroupStats
     from fairtune.mitigation.combined import Mitigations
+    from fairtune.monitor import monitor_batch, read_history
+    from fairtune.proxies import detect_proxies
     from fairtune.trainer import FairTrainer
 
 

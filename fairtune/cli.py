@@ -1,8 +1,8 @@
 """The ``fairtune`` console command: ``fairtune train --config configs/quickstart.yaml [--key value ...]``.
 
 Exit status: 0 when done; 2 for a user error (command line, config file, data, output folder), reported as
-one ``fairtune: error: <message>`` line without a traceback (argparse's convention); 1 when the fairness gate
-of ``fairtune evaluate`` fails.
+one ``fairtune: error: <message>`` line without a traceback (argparse's convention); 1 when a fairness gate
+fails (``evaluate``, ``evaluate-lm``, ``monitor``) or ``monitor`` finds a gap moved against fairness.
 
 Startup: this module imports the standard library and ``fairtune.config_files`` (PyYAML) only. torch and
 transformers (about 5 s) are imported once the command line, the config files and the data files they name
@@ -34,9 +34,11 @@ commands:
   audit-data  audit group representation and base rates of a config's data (`fairtune audit-data --help`)
   evaluate    audit a saved model: report, plots, comparison, fairness gate (`fairtune evaluate --help`)
   evaluate-lm stereotype benchmarks of a causal LM: CrowS-Pairs, StereoSet, BBQ (`... evaluate-lm --help`)
+  explain     per-group attributions of a saved model: top words, proxies, flips (`fairtune explain --help`)
+  monitor     fairness of a saved model on new batches: history, trends, drift alarms (`... monitor --help`)
 
 Flags are spelled out in full (no abbreviations). Exit status: 0 done, 2 a usage, config or data error,
-1 the fairness gate of `evaluate` failed.
+1 a fairness gate failed (`evaluate`, `evaluate-lm`, `monitor`) or `monitor` found an adverse move.
 """
 # Options of one command that are not config keys; another command refuses them by name.
 COMMAND_OPTIONS = {
@@ -56,6 +58,21 @@ COMMAND_OPTIONS = {
         "--max",
         "--min",
     ),
+    "explain": (
+        "--model",
+        "--split",
+        "--max_rows",
+        "--n_steps",
+        "--batch_size",
+        "--internal_batch_size",
+        "--score",
+        "--target_class",
+        "--top_k",
+        "--min_count",
+        "--examples",
+        "--overwrite",
+    ),
+    "monitor": ("--model", "--data", "--history", "--period", "--alpha", "--max", "--min"),
 }
 # The config keys `audit-data` reads: where the data comes from, the groupings, the audit's settings, and
 # output_dir for its default folder. A flag for any other key (a learning rate, a penalty) would be ignored.
@@ -555,6 +572,20 @@ def _lm_gate(thresholds: list[tuple[str, str, float]], values: dict[str, float])
     print("gate passed")
 
 
+def explain_main(argv: Sequence[str]) -> None:
+    """``fairtune explain`` (``fairtune.explain``, imported on use: it imports this module)."""
+    from fairtune.explain import explain_main as run
+
+    run(argv)
+
+
+def monitor_main(argv: Sequence[str]) -> None:
+    """``fairtune monitor`` (``fairtune.monitor``, imported on use: it imports this module)."""
+    from fairtune.monitor import monitor_main as run
+
+    run(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -566,6 +597,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "audit-data": audit_data_main,
         "evaluate": evaluate_main,
         "evaluate-lm": evaluate_lm_main,
+        "explain": explain_main,
+        "monitor": monitor_main,
     }
     if command not in commands:
         fail(ERR_UNKNOWN_COMMAND.format(command=command, valid=", ".join(commands)))

@@ -1,8 +1,8 @@
 """The model card a training run writes: ``README.md`` in ``output_dir``, as ``push_to_hub`` would publish it.
 
 Besides the usual metadata it carries a fairness section: a summary of the training-data audit (with the
-columns and words that stand in for each attribute), the mitigation used, and the evaluation's per-group
-metrics with bootstrap intervals.
+columns and words that stand in for each attribute), the mitigation used, the evaluation's per-group
+metrics with bootstrap intervals, and, once ``fairtune explain`` has run, a summary of its attributions.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ CARD_FILE = "README.md"
 FALLBACK_FILE = "fairtune_model_card.md"
 MARKER = "<!-- written by fairtune -->"
 MINILM_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+EXPLANATION_START = "<!-- fairtune explanation -->"
+EXPLANATION_END = "<!-- /fairtune explanation -->"
 
 
 def render_model_card(
@@ -100,6 +102,58 @@ def proxy_lines(data_audit: dict[str, Any], top: int = 3) -> list[str]:
             if words:
                 lines.append(f"  - words most associated with {group}: {', '.join(words)}")
     return [*lines, ""] if lines else []
+
+
+def explanation_lines(summary: dict[str, Any], where: str) -> list[str]:
+    """Card section of an explanation (``fairtune.explain``'s ``summary``), between markers so a later
+    explanation replaces it."""
+    unit = summary.get("unit", "word")
+    lines = [
+        EXPLANATION_START,
+        f"### Explanation ({summary['rows']} {summary['split']} rows, `{where}`)",
+        "",
+        f"Integrated-gradients attributions of the {summary['score']} by `{summary['grouping']}`.",
+        "",
+    ]
+    different = ", ".join(
+        f"{t['token']} ({t['high']} +{fmt(t['spread'])} over {t['low']})" for t in summary["most_different"]
+    )
+    lines.append(f"- {unit.capitalize()}s whose contribution differs most between groups: {different or '–'}")
+    for group, tokens in summary["top_tokens"].items():
+        lines.append(
+            f"- {unit.capitalize()}s pushing {group} toward the class most: {', '.join(tokens) or '–'}"
+        )
+    if summary.get("counterfactual") is not None:
+        lines.append(f"- Counterfactual flip rate on these rows: {summary['counterfactual']}")
+    lines += [
+        f"- Largest convergence error (relative): {fmt(summary['max_relative_delta'], 4)}",
+        "",
+        EXPLANATION_END,
+    ]
+    return lines
+
+
+def add_explanation_to_card(model_dir: str, summary: dict[str, Any], where: str) -> str | None:
+    """Put an explanation's summary into the model card fairtune wrote in ``model_dir`` (replacing an earlier
+    one), before its limitations; returns the card's path, or None when there is no card of fairtune's."""
+    path = os.path.join(model_dir, CARD_FILE)
+    if not os.path.isfile(path):
+        path = os.path.join(model_dir, FALLBACK_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        text = f.read()
+    if MARKER not in text:
+        return None
+    if EXPLANATION_START in text and EXPLANATION_END in text:
+        head, rest = text.split(EXPLANATION_START, 1)
+        text = head + rest.split(EXPLANATION_END, 1)[1].lstrip("\n")
+    block = "\n".join(explanation_lines(summary, where)) + "\n\n"
+    anchor = "### Limitations"
+    text = text.replace(anchor, block + anchor, 1) if anchor in text else text.rstrip("\n") + "\n\n" + block
+    with open(path, "w") as f:
+        f.write(text)
+    return path
 
 
 def write_model_card(output_dir: str, text: str) -> str:

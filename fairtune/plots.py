@@ -9,7 +9,11 @@ format), the same code the metrics and the post-processing use.
 Array inputs: ``scores`` (N,) the predicted probability of class 1, ``labels`` (N,) 0/1, ``groups`` (N,)
 integer ids indexing ``group_names``. Groups without samples are left out and named in the figure.
 
-Length: about 560 lines, one file on purpose: it is the only module that imports matplotlib, and its
+Also: ``plot_proxies`` (a data audit's proxies), ``plot_top_attributions``, ``plot_group_differences`` and
+``plot_token_heatmap`` (``fairtune.explain``), ``plot_gap_trend`` and ``plot_score_histograms``
+(``fairtune.monitor``).
+
+Length: about 900 lines, one file on purpose: it is the only module that imports matplotlib, and its
 figure helpers (grid, intervals, bars, saving) serve every plot.
 """
 
@@ -46,10 +50,15 @@ __all__ = [
     "plot_audit",
     "plot_calibration",
     "plot_comparison",
+    "plot_gap_trend",
+    "plot_group_differences",
     "plot_group_rates",
     "plot_proxies",
     "plot_roc",
     "plot_score_distributions",
+    "plot_score_histograms",
+    "plot_token_heatmap",
+    "plot_top_attributions",
 ]
 
 ERR_EMPTY = "{name} is empty: nothing to plot"
@@ -626,3 +635,267 @@ def plot_proxies(
     fig.tight_layout()
     return _save(fig, path)
 
+
+# ----- attributions (fairtune.explain) -------------------------------------------------------------------
+# Red pushes away from the explained class, green toward it (bars and heatmap alike).
+ATTRIBUTION_COLORS = ("#C44E52", "#55A868")
+ATTRIBUTION_CMAP = "PiYG"  # diverging, white at 0
+ERR_LENGTHS = "row {row!r} has {tokens} tokens but {values} attributions"
+
+
+def _group_colors(count: int) -> list[Any]:
+    if count <= len(COLORS):
+        return list(COLORS[:count])
+    cmap = _pyplot().get_cmap("tab10")
+    return [cmap(i % 10) for i in range(count)]
+
+
+def plot_top_attributions(
+    per_group: dict[str, Sequence[tuple[str, float]]],
+    path: str,
+    title: str = "",
+    xlabel: str = "mean attribution per occurrence",
+) -> str:
+    """One panel per group: horizontal bars of its ``(token, attribution)`` pairs (e.g. the tokens pushing
+    most toward and away from the explained class), largest on top; green toward the class, red away."""
+    if not per_group:
+        raise ValueError(ERR_EMPTY.format(name="per_group"))
+    plt = _pyplot()
+    longest = max(1, *(len(items) for items in per_group.values()))
+    fig, axes = _grid(plt, len(per_group), 3, 4.2, max(2.2, 0.26 * longest + 1.2))
+    for ax, (group, items) in zip(axes, per_group.items(), strict=True):
+        ordered = sorted(items, key=lambda item: item[1])
+        ys = list(range(len(ordered)))
+        values = [float(v) for _, v in ordered]
+        ax.barh(ys, values, color=[ATTRIBUTION_COLORS[v > 0] for v in values])
+        ax.set_yticks(ys, [str(t) for t, _ in ordered], fontsize="small")
+        ax.axvline(0, color="gray", linewidth=0.8)
+        ax.set_title(group)
+        ax.set_xlabel(xlabel, fontsize="small")
+        if not ordered:
+            ax.text(0.5, 0.5, "no token seen often enough", ha="center", va="center", transform=ax.transAxes)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_group_differences(
+    tokens: Sequence[str],
+    by_group: dict[str, Sequence[float]],
+    path: str,
+    title: str = "",
+    xlabel: str = "attribution",
+) -> str:
+    """Each token's value per group (``by_group[group]``: one value per token, first token on top), e.g. the
+    most group-different tokens' contribution per row: grouped bars for up to 4 groups, else a token x group
+    grid of coloured, labelled cells (one diverging scale, white at 0)."""
+    if not tokens or not by_group:
+        raise ValueError(ERR_EMPTY.format(name="tokens" if not tokens else "by_group"))
+    for group, values in by_group.items():
+        if len(values) != len(tokens):
+            raise ValueError(ERR_LENGTHS.format(row=group, tokens=len(tokens), values=len(values)))
+    plt = _pyplot()
+    groups = list(by_group)
+    labels = [str(t) for t in tokens]
+    if len(groups) > 4:
+        from matplotlib.colors import Normalize
+
+        grid = np.array([[float(v) for v in by_group[g]] for g in groups]).T  # (tokens, groups)
+        limit = float(np.abs(grid).max()) or 1.0
+        fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(groups), 1.8 + 0.4 * len(tokens)))
+        image = ax.imshow(grid, cmap=ATTRIBUTION_CMAP, norm=Normalize(-limit, limit), aspect="auto")
+        for (i, j), value in np.ndenumerate(grid):
+            ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(groups)), groups, rotation=45, ha="right", fontsize="small")
+        ax.set_yticks(range(len(tokens)), labels)
+        fig.colorbar(image, ax=ax, label=xlabel)
+    else:
+        height = 0.8 / len(groups)
+        fig, ax = plt.subplots(figsize=(7.5, max(2.5, (0.25 + 0.15 * len(groups)) * len(tokens) + 1.4)))
+        for j, (group, color) in enumerate(zip(groups, _group_colors(len(groups)), strict=True)):
+            ys = [i + (j - (len(groups) - 1) / 2) * height for i in range(len(tokens))]
+            ax.barh(ys, [float(v) for v in by_group[group]], height=height, color=color, label=group)
+        ax.set_yticks(list(range(len(tokens))), labels)
+        ax.invert_yaxis()  # the largest difference on top, like the tables
+        ax.axvline(0, color="gray", linewidth=0.8)
+        ax.set_xlabel(xlabel)
+        ax.legend(loc="best", fontsize="small")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_token_heatmap(
+    rows: Sequence[tuple[str, Sequence[str], Sequence[float]]],
+    path: str,
+    title: str = "",
+    width_chars: int = 110,
+) -> str:
+    """Example rows as text, each token on a cell coloured by its attribution (one diverging scale, white
+    at 0, shared by all rows). ``rows``: ``(label, tokens, attributions)``; tokens wrap at ``width_chars``."""
+    if not rows:
+        raise ValueError(ERR_EMPTY.format(name="rows"))
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Rectangle
+
+    for label, tokens, values in rows:
+        if len(tokens) != len(values):
+            raise ValueError(ERR_LENGTHS.format(row=label, tokens=len(tokens), values=len(values)))
+    plt = _pyplot()
+    cmap = plt.get_cmap(ATTRIBUTION_CMAP)
+    limit = max((abs(float(v)) for _, _, values in rows for v in values), default=0.0) or 1.0
+    norm = Normalize(-limit, limit)
+    cells: list[tuple[float, int, str, float]] = []  # (x, line, token, value)
+    labels: list[tuple[int, str]] = []
+    line = 0
+    for label, tokens, values in rows:
+        labels.append((line, label))
+        line, x = line + 1, 0.0
+        for token, value in zip(tokens, values, strict=True):
+            width = len(str(token)) + 1
+            if x and x + width > width_chars:
+                line, x = line + 1, 0.0
+            cells.append((x, line, str(token), float(value)))
+            x += width
+        line += 2  # a blank line between rows
+    char_inches = 0.075  # a monospace character at font size 8, with room
+    fig = plt.figure(figsize=(width_chars * char_inches + 0.4, 0.24 * line + 1.3))
+    ax = fig.add_axes((0.02, 0.9 / (0.24 * line + 1.3), 0.96, 0.24 * line / (0.24 * line + 1.3)))
+    ax.set_xlim(0, width_chars)
+    ax.set_ylim(line, -0.2)
+    ax.axis("off")
+    for y, label in labels:
+        ax.text(0, y + 0.5, label, va="center", fontsize=8, fontweight="bold")
+    for x, y, token, value in cells:
+        ax.add_patch(Rectangle((x, y + 0.1), len(token) + 0.8, 0.8, facecolor=cmap(norm(value)), linewidth=0))
+        ax.text(x + 0.4, y + 0.5, token, va="center", family="monospace", fontsize=8)
+    bar = fig.add_axes((0.3, 0.35 / (0.24 * line + 1.3), 0.4, 0.15 / (0.24 * line + 1.3)))
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), cax=bar, orientation="horizontal")
+    bar.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+# ----- monitoring over periods (fairtune.monitor) ------------------------------------------------------
+ERR_TREND_LENGTHS = "periods and results must have one entry each per period, got {periods} and {results}"
+TREND_GAPS = (  # the report's headline gaps, in its order
+    "demographic_parity_difference",
+    "demographic_parity_ratio",
+    "equalized_odds_difference",
+    "equal_opportunity_difference",
+    "accuracy_difference",
+    "worst_group_accuracy",
+    "tpr_gap_rms",
+)
+ALARM_COLOR = "#C44E52"
+TREND_LABELS = {**GAP_LABELS, "demographic_parity_ratio": "DP ratio (higher is better)"}
+
+
+def plot_gap_trend(
+    periods: Sequence[str],
+    results: Sequence[GroupResult | None],
+    path: str,
+    gaps: Sequence[str] | None = None,
+    thresholds: dict[str, Sequence[tuple[str, float]]] | None = None,
+    flagged: Sequence[str] = (),
+    title: str = "",
+) -> str:
+    """Gaps of one grouping over monitoring periods, one panel per gap: each period's value on a line, its
+    bootstrap interval as a shaded band with a bar from end to end, gate thresholds as dashed lines.
+
+    ``results[i]`` is period ``periods[i]``'s `GroupResult` (None: not measured); a gap a period lacks (the
+    label-based gaps of a batch without labels) or leaves undefined is a hole in the line. ``gaps`` default:
+    the `TREND_GAPS` any period has. ``thresholds`` maps a gap to (bound, limit) pairs, bound ``"max"`` or
+    ``"min"``; a gap in ``flagged`` (an adverse move since the previous period) gets a ring on its last point.
+    Returns ``path``.
+    """
+    if len(periods) != len(results):
+        raise ValueError(ERR_TREND_LENGTHS.format(periods=len(periods), results=len(results)))
+    if not periods:
+        raise ValueError(ERR_EMPTY.format(name="periods"))
+    for i, result in enumerate(results):
+        if result is not None:
+            _check_result(f"results[{i}]", result)
+    available = list(dict.fromkeys(g for r in results if r is not None for g in r.gaps))
+    if gaps is None:
+        gaps = [g for g in TREND_GAPS if g in available]
+    for gap in gaps:
+        if gap not in available:
+            raise ValueError(ERR_UNKNOWN_GAP.format(gap=gap, available=", ".join(available)))
+    if not gaps:
+        raise ValueError(ERR_NO_GAPS)
+    thresholds = thresholds or {}
+    confidence = next((r.confidence for r in reversed(results) if r is not None and r.intervals), None)
+    latest = results[-1]
+
+    plt = _pyplot()
+    xs = list(range(len(periods)))
+    fig, axes = _grid(plt, len(gaps), 3, max(4.2, 0.5 * len(periods) + 2.2), 3.4)
+    for ax, gap in zip(axes, gaps, strict=True):
+        values = [math.nan if r is None else _value(r.gaps, gap) for r in results]
+        ends = [(math.nan, math.nan) if r is None else _interval(r, gap) for r in results]
+        lows, highs = [lo for lo, _ in ends], [hi for _, hi in ends]
+        if any(not math.isnan(lo + hi) for lo, hi in ends):
+            # NaN ends break the band; the bars show a lone period's interval (and need not hold the point).
+            ax.fill_between(xs, lows, highs, color=COLORS[0], alpha=0.18, linewidth=0)
+            kept = [(x, lo, hi) for x, lo, hi in zip(xs, lows, highs, strict=True) if not math.isnan(lo + hi)]
+            ax.vlines(
+                [x for x, _, _ in kept], [lo for _, lo, _ in kept], [hi for _, _, hi in kept], color="gray"
+            )
+        ax.plot(xs, values, marker="o", color=COLORS[0], zorder=3)
+        for bound, limit in thresholds.get(gap, ()):
+            ax.axhline(limit, color=ALARM_COLOR, linestyle="--", linewidth=1, label=f"gate {bound} {limit:g}")
+        if gap in flagged and not math.isnan(values[-1]):
+            ax.scatter(
+                [xs[-1]],
+                [values[-1]],
+                s=180,
+                facecolors="none",
+                edgecolors=ALARM_COLOR,
+                linewidths=2,
+                zorder=4,
+                label="adverse move",
+            )
+        ax.set_xticks(xs, list(periods), rotation=30, ha="right", fontsize="small")
+        ax.set_xlim(-0.5, len(periods) - 0.5)
+        measured = latest is not None and gap in latest.gaps
+        ax.set_title(
+            f"{TREND_LABELS.get(gap, gap)} (latest {fmt(values[-1]) if measured else 'not measured'})",
+            fontsize="medium",
+        )
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize="x-small")
+    bands = f"bands: {round(confidence * 100)}% bootstrap intervals" if confidence else "no intervals"
+    fig.suptitle(_join_title(title, f"fairness gaps over periods ({bands})"))
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_score_histograms(
+    scores: Any, groups: Any, group_names: Sequence[str], path: str, title: str = ""
+) -> str:
+    """Per group, a density histogram of the class-1 score, for data without labels (one panel per group);
+    the title of each panel gives its selection rate (score > 0.5).
+
+    scores (N,) P(y=1); groups (N,) ids into group_names. Returns ``path``.
+    """
+    s = _scores(scores)
+    g, names = _check_groups(groups, group_names, len(s))
+    present, note = _group_note(names, g)
+    plt = _pyplot()
+    fig, axes = _grid(plt, len(present), 3, 4.0, 3.0)
+    edges = np.linspace(0.0, 1.0, 21)  # shared bins so panels compare at a glance
+    for ax, i in zip(axes, present, strict=True):
+        values = s[g == i]
+        ax.hist(values, bins=edges, density=True, color=COLORS[0], alpha=0.7)
+        ax.axvline(THRESHOLD, color="gray", linestyle=":")
+        ax.set_xlim(0, 1)
+        ax.set_title(f"{names[i]} (n={len(values)}, selected {fmt(float((values > THRESHOLD).mean()))})")
+        ax.set_xlabel("score P(y=1)")
+    axes[0].set_ylabel("density")
+    fig.suptitle(_join_title(title, "score distributions by group (no labels)", note))
+    fig.tight_layout()
+    return _save(fig, path)

@@ -135,9 +135,12 @@ def test_commands_refuse_other_commands_options(tmp_path, capsys):
     cfg.write_text("output_dir: out\ngroup_by: sex\n")
     for flag, owners in (
         ("--audit_dir", "`fairtune audit-data`"),
-        ("--split", "`fairtune audit-data` and `fairtune evaluate`"),
-        ("--max", "`fairtune evaluate` and `fairtune evaluate-lm`"),
-        ("--model", "`fairtune evaluate` and `fairtune evaluate-lm`"),
+        ("--split", "`fairtune audit-data` and `fairtune evaluate` and `fairtune explain`"),
+        ("--max", "`fairtune evaluate` and `fairtune evaluate-lm` and `fairtune monitor`"),
+        (
+            "--model",
+            "`fairtune evaluate` and `fairtune evaluate-lm` and `fairtune explain` and `fairtune monitor`",
+        ),
     ):
         code, out = _exit(capsys, ["train", "--config", str(cfg), flag, "x"])
         message = cli.ERR_OTHER_COMMAND_OPTION.format(flag=flag, owners=owners, command="train")
