@@ -132,21 +132,6 @@ ERR_FEATURE_BASELINE = (
 ERR_FEATURE_NAMES = "feature_names has {got} names but the {column!r} column has {dim} features."
 ERR_EMPTY = "The {split} split has no rows to explain."
 
-# Options of `fairtune explain` that are not config keys (cli.COMMAND_OPTIONS["explain"] lists the same).
-EXPLAIN_OPTIONS = (
-    "--model",
-    "--split",
-    "--max_rows",
-    "--n_steps",
-    "--batch_size",
-    "--internal_batch_size",
-    "--score",
-    "--target_class",
-    "--top_k",
-    "--min_count",
-    "--examples",
-    "--overwrite",
-)
 # Config keys (besides the data options) a flag of `fairtune explain` may set: how groups are formed, the
 # sample's seed, and where the model runs. Any other training key would be ignored, so it is refused.
 EXPLAIN_TRAINING_KEYS = ("group_by", "eval_group_by", "missing_group", "seed", "use_cpu")

@@ -101,16 +101,6 @@ SUMMARY_MD = "monitor_summary.md"
 DEFAULT_HISTORY_DIR = "monitor"  # inside the model's folder
 RECORD_FORMAT = "fairtune-monitor/1"
 DEFAULT_ALPHA = 0.05
-# The gaps the drift test and the trend plots follow (fairtune.report.HEADLINE_GAPS, the report's order).
-MONITORED_GAPS = (
-    "demographic_parity_difference",
-    "demographic_parity_ratio",
-    "equalized_odds_difference",
-    "equal_opportunity_difference",
-    "accuracy_difference",
-    "worst_group_accuracy",
-    "tpr_gap_rms",
-)
 # Gaps where a smaller value is less fair; for every other gap a larger value is.
 SMALLER_IS_WORSE = frozenset(
     {"demographic_parity_ratio", "equalized_odds_ratio", "equalized_odds_ratio_mean", "worst_group_accuracy"}
@@ -504,14 +494,23 @@ def drift_test(
     return check
 
 
+def _monitored_gaps() -> list[str]:
+    """The gaps the drift test and the trend plots follow: the report's headline gaps, in its order
+    (imported on use: ``fairtune.report`` loads torch)."""
+    from fairtune.report import HEADLINE_GAPS
+
+    return list(HEADLINE_GAPS)
+
+
 def drift_checks(
     previous: PeriodRecord,
     current: PeriodRecord,
     alpha: float = DEFAULT_ALPHA,
-    gaps: Sequence[str] = MONITORED_GAPS,
+    gaps: Sequence[str] | None = None,
 ) -> list[DriftCheck]:
-    """`drift_test` of every grouping both periods have and every gap of ``gaps`` either period has, with
-    each period's recorded standard errors."""
+    """`drift_test` of every grouping both periods have and every gap of ``gaps`` (default: the report's
+    headline gaps) either period has, with each period's recorded standard errors."""
+    gaps = _monitored_gaps() if gaps is None else gaps
     checks = []
     for grouping in [g for g in current.results if g in previous.results]:
         before, now = previous.results[grouping], current.results[grouping]
@@ -994,7 +993,7 @@ def write_period(
     flagged = {check.name for check in result.alarms}
     periods = [r.period for r in records]
     for grouping in record.groupings:
-        gaps = [g for g in MONITORED_GAPS if any(g in r.results[grouping].gaps for r in records)]
+        gaps = [g for g in _monitored_gaps() if any(g in r.results[grouping].gaps for r in records)]
         if gaps:
             paths.append(
                 plots.plot_gap_trend(
@@ -1064,7 +1063,9 @@ def render_summary(result: MonitorResult) -> str:
             "| p (one-sided) | verdict |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for gap in [g for g in MONITORED_GAPS if g in now.gaps or (before is not None and g in before.gaps)]:
+        for gap in [
+            g for g in _monitored_gaps() if g in now.gaps or (before is not None and g in before.gaps)
+        ]:
             check = checks.get(f"{grouping}/{gap}")
             old = _with_interval(before, gap) if before is not None else "–"
             change = f"{check.change:+.3f}" if check and not math.isnan(check.change) else "–"

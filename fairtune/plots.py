@@ -44,6 +44,7 @@ from fairtune.curves import (
 )
 from fairtune.groups import INTERSECTION_SEPARATOR
 from fairtune.metrics import GroupResult
+from fairtune.report import HEADLINE_GAPS as REPORT_GAPS
 
 __all__ = [
     "HEADLINE_GAPS",
@@ -781,15 +782,6 @@ def plot_token_heatmap(
 
 # ----- monitoring over periods (fairtune.monitor) ------------------------------------------------------
 ERR_TREND_LENGTHS = "periods and results must have one entry each per period, got {periods} and {results}"
-TREND_GAPS = (  # the report's headline gaps, in its order
-    "demographic_parity_difference",
-    "demographic_parity_ratio",
-    "equalized_odds_difference",
-    "equal_opportunity_difference",
-    "accuracy_difference",
-    "worst_group_accuracy",
-    "tpr_gap_rms",
-)
 ALARM_COLOR = "#C44E52"
 TREND_LABELS = {**GAP_LABELS, "demographic_parity_ratio": "DP ratio (higher is better)"}
 
@@ -808,8 +800,9 @@ def plot_gap_trend(
 
     ``results[i]`` is period ``periods[i]``'s `GroupResult` (None: not measured); a gap a period lacks (the
     label-based gaps of a batch without labels) or leaves undefined is a hole in the line. ``gaps`` default:
-    the `TREND_GAPS` any period has. ``thresholds`` maps a gap to (bound, limit) pairs, bound ``"max"`` or
-    ``"min"``; a gap in ``flagged`` (an adverse move since the previous period) gets a ring on its last point.
+    the report's headline gaps (``fairtune.report.HEADLINE_GAPS``) any period has. ``thresholds`` maps a gap
+    to (bound, limit) pairs, bound ``"max"`` or ``"min"``; a gap in ``flagged`` (an adverse move since the
+    previous period) gets a ring on its last point.
     Returns ``path``.
     """
     if len(periods) != len(results):
@@ -821,7 +814,7 @@ def plot_gap_trend(
             _check_result(f"results[{i}]", result)
     available = list(dict.fromkeys(g for r in results if r is not None for g in r.gaps))
     if gaps is None:
-        gaps = [g for g in TREND_GAPS if g in available]
+        gaps = [g for g in REPORT_GAPS if g in available]
     for gap in gaps:
         if gap not in available:
             raise ValueError(ERR_UNKNOWN_GAP.format(gap=gap, available=", ".join(available)))
