@@ -10,9 +10,11 @@ by chunk from `numpy.random.default_rng([seed, chunk index])`, so every mode see
   one chunk at a time, then `compute()`: only the counts stay in memory;
 * `groupstats in memory`: the same rows generated whole, then one `update` (memory grows with N);
 * `trainer streamed`: `FairTrainer.evaluate()` of a tiny MLP (4 -> 16 -> 2) on a `datasets.IterableDataset`
-  read from a Parquet file of the chunks above (`load_dataset("parquet", ..., streaming=True)`, as
-  `streaming: true` reads local files; the file is written, chunk by chunk, by a process of its own before
-  the worker starts);
+  read from Parquet files of the chunks above, 1M rows each (`load_dataset("parquet", ..., streaming=True)`,
+  as `streaming: true` reads local files; the files are written, chunk by chunk, by a process of its own
+  before the worker starts). Shards, because `datasets`' Parquet stream holds memory in proportion to the
+  file it reads (a plain iteration over one file of 10M rows, without fairtune, held 640 MiB more than over
+  an empty stream; over 0.4M rows, 44 MiB);
   streamed evaluation data is evaluated lean (only the `GroupStats` sums are kept; `lean_evaluation`);
 * `trainer in memory`: the same rows as an in-memory `datasets.Dataset`, evaluated by Trainer's own loop
   (`lean_evaluation: false`, today's default for in-memory data: every loss, logit and label is kept);
@@ -30,6 +32,7 @@ demographic parity difference, which must agree across modes for the same N.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import platform
@@ -112,13 +115,18 @@ def groupstats_in_memory(n: int, chunk: int = 65_536, groups: int = 16) -> dict[
     return _summary(stats, time.perf_counter() - start, n)
 
 
-def write_parquet(path: str, n: int, chunk: int, groups: int) -> str:
-    """The synthetic rows as one Parquet file, written a chunk at a time (memory flat in N): features
-    (4 floats), labels, group name ``g``."""
+SHARD_ROWS = 1_000_000  # rows per Parquet file: datasets' Parquet stream holds memory in proportion to a file
+
+
+def write_parquet(folder: str, n: int, chunk: int, groups: int, shard_rows: int = SHARD_ROWS) -> list[str]:
+    """The synthetic rows as Parquet files of at most ``shard_rows`` rows (``rows-00000.parquet``, ...),
+    written a chunk at a time (memory flat in N): features (4 floats), labels, group name ``g``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    writer = None
+    os.makedirs(folder, exist_ok=True)
+    paths: list[str] = []
+    writer, written = None, 0
     for c in chunks(n, chunk, groups):
         table = pa.table(
             {
@@ -127,10 +135,15 @@ def write_parquet(path: str, n: int, chunk: int, groups: int) -> str:
                 "g": [f"g{g:02d}" for g in c["groups"].tolist()],
             }
         )
-        writer = writer or pq.ParquetWriter(path, table.schema)
+        if writer is None or written >= shard_rows:
+            if writer is not None:
+                writer.close()
+            paths.append(os.path.join(folder, f"rows-{len(paths):05d}.parquet"))
+            writer, written = pq.ParquetWriter(paths[-1], table.schema), 0
         writer.write_table(table)
+        written += table.num_rows
     writer.close()
-    return path
+    return paths
 
 
 def trainer_eval(
@@ -145,7 +158,8 @@ def trainer_eval(
 ) -> dict[str, float]:
     """``FairTrainer.evaluate()`` of a tiny MLP on N rows, streamed or in memory (``lean`` as the option).
 
-    ``parquet``: the streamed rows' file, already written (else it is written here first)."""
+    ``parquet``: a folder holding the streamed rows' Parquet files, already written (else they are written
+    here first)."""
     import datasets
     import torch
     from torch import nn
@@ -167,9 +181,9 @@ def trainer_eval(
 
     if streamed:
         # A local file read with streaming=True, as `streaming: true` reads train_file / validation_file.
-        os.makedirs(out, exist_ok=True)
-        path = parquet or write_parquet(os.path.join(out, "rows.parquet"), n, chunk, groups)
-        data = datasets.load_dataset("parquet", data_files={"test": path}, streaming=True)["test"]
+        files = sorted(glob.glob(os.path.join(parquet, "*.parquet"))) if parquet else None
+        files = files or write_parquet(os.path.join(out, "rows"), n, chunk, groups)
+        data = datasets.load_dataset("parquet", data_files={"test": files}, streaming=True)["test"]
     else:
         parts = list(chunks(n, chunk, groups))
         data = datasets.Dataset.from_dict(
@@ -276,7 +290,7 @@ def measure(mode: str, n: int, chunk: int, groups: int, batch: int) -> dict[str,
         if mode == "trainer streamed":
             # The file is written by a process of its own: the worker's peak RSS is then the evaluation's,
             # not pyarrow's writer buffers.
-            path = os.path.join(folder, "rows.parquet")
+            path = os.path.join(folder, "rows")
             subprocess.run(
                 [
                     sys.executable,
@@ -327,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         "--rss-trace", type=int, default=None, metavar="N", help="only trace VmRSS over N rows"
     )
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "N"), help=argparse.SUPPRESS)
-    parser.add_argument("--write-parquet", nargs=2, metavar=("PATH", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--write-parquet", nargs=2, metavar=("FOLDER", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--parquet", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.write_parquet:
