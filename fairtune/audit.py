@@ -235,7 +235,16 @@ def proxy_options(dataset: Any, data_args: Any) -> dict[str, Any]:
     the terms of its counterfactual word lists as identity terms."""
     from fairtune.data.loading import word_pairs
 
-    text = data_args.text_column if data_args.text_column in dataset.column_names else None
+    column = data_args.text_column
+    default = type(data_args).__dataclass_fields__["text_column"].default
+    if column not in dataset.column_names and column != default:
+        # A text column named on purpose must exist; the default ("text") is simply absent from tabular data.
+        raise ValueError(
+            ERR_MISSING_COLUMN.format(
+                split="audited", column=column, what="text_column", columns=dataset.column_names
+            )
+        )
+    text = column if column in dataset.column_names else None
     pairs = word_pairs(list(data_args.counterfactual_word_lists)) if text else None
     return {"text_column": text, "identity_terms": list(pairs.mapping) if pairs is not None else []}
 

@@ -106,3 +106,17 @@ def test_the_quickstart_audit_names_the_adult_fields_that_stand_in_for_sex():
     assert ranked[0] == "relationship" and set(ranked[1:3]) == {"marital_status", "occupation"}
     assert proxies["sex"]["columns"][0]["auc"] > 0.85
     assert [t["token"] for t in proxies["sex"]["tokens"]["Female"][:1]] == ["woman"]
+
+
+def test_a_text_column_named_on_purpose_must_exist():
+    import datasets
+
+    from fairtune.audit import proxy_options
+    from fairtune.config import DataArguments
+
+    data = datasets.Dataset.from_dict(_planted(50))
+    assert proxy_options(data, DataArguments())["text_column"] == "text"
+    tabular = data.remove_columns("text")
+    assert proxy_options(tabular, DataArguments())["text_column"] is None  # the default, absent: no words
+    with pytest.raises(ValueError, match="no column 'review'"):
+        proxy_options(data, DataArguments(text_column="review"))
