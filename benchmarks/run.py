@@ -190,20 +190,42 @@ def run_tabular(spec: dict[str, Any], run: dict[str, Any], workdir: str) -> dict
     return _evaluate(trainer, data["test"], attribute)
 
 
-def run_text(spec: dict[str, Any], run: dict[str, Any], workdir: str) -> dict[str, float]:
-    from fairtune.config import parse_config
-    from fairtune.pipeline import build
+def parsed_config(spec: dict[str, Any], run: dict[str, Any], workdir: str) -> tuple[Any, Any, Any]:
+    """The run's config file with the suite's overrides and the run's parameters on top, parsed.
 
-    argv = ["--config", str(REPO / spec["config"]), "--output_dir", workdir, "--overwrite_output_dir", "true"]
+    Lists become repeated flag values and mappings (``*_options``) JSON objects. A flag cannot say null or an
+    empty list: those keys are set on the parsed arguments instead (no augmentation, no penalty, no monitor).
+    """
     import torch
 
+    from fairtune.config import parse_config
+
+    argv = ["--config", str(REPO / spec["config"]), "--output_dir", workdir, "--overwrite_output_dir", "true"]
     settings = {**spec.get("overrides", {}), **run["params"], "seed": run["seed"], "disable_tqdm": True}
     settings.setdefault("use_cpu", not torch.cuda.is_available())
-    settings.setdefault("bootstrap_samples", 0)
+    unset = {key: value for key, value in settings.items() if value is None or value == []}
     for key, value in settings.items():
-        values = value if isinstance(value, list) else [value]
-        argv += [f"--{key}", *[str(v) for v in values]]
-    model_args, data_args, args = parse_config(argv)
+        if key in unset:
+            continue
+        if isinstance(value, dict):
+            values = [json.dumps(value)]
+        else:
+            values = [str(v) for v in (value if isinstance(value, list) else [value])]
+        argv += [f"--{key}", *values]
+    parsed = parse_config(argv)
+    for key, value in unset.items():
+        target = next((t for t in parsed if hasattr(t, key)), None)
+        if target is None:
+            raise ValueError(f"Suite run {run_key(run)}: {key!r} is not a config key.")
+        setattr(target, key, value)
+    return parsed
+
+
+def run_text(spec: dict[str, Any], run: dict[str, Any], workdir: str) -> dict[str, float]:
+    from fairtune.pipeline import build
+
+    spec = {**spec, "overrides": {"bootstrap_samples": 0, **spec.get("overrides", {})}}
+    model_args, data_args, args = parsed_config(spec, run, workdir)
     trainer, data = build(model_args, data_args, args)
     quiet(trainer)
     trainer.train()
@@ -212,27 +234,10 @@ def run_text(spec: dict[str, Any], run: dict[str, Any], workdir: str) -> dict[st
 
 def run_lm(spec: dict[str, Any], run: dict[str, Any], workdir: str) -> dict[str, float]:
     """Fine-tune a causal LM as the config and the method say; its scores after training, flat keys."""
-    import torch
-
-    from fairtune.config import parse_config
     from fairtune.lm_pipeline import score_lm
     from fairtune.pipeline import build
 
-    argv = ["--config", str(REPO / spec["config"]), "--output_dir", workdir, "--overwrite_output_dir", "true"]
-    settings = {**spec.get("overrides", {}), **run["params"], "seed": run["seed"], "disable_tqdm": True}
-    settings.setdefault("use_cpu", not torch.cuda.is_available())
-    # A flag cannot say null or an empty list: those keys are set on the parsed arguments instead (no
-    # augmentation, no penalty, no monitor).
-    unset = {key: value for key, value in settings.items() if value is None or value == []}
-    for key, value in settings.items():
-        if key not in unset:
-            argv += [f"--{key}", *[str(v) for v in (value if isinstance(value, list) else [value])]]
-    model_args, data_args, args = parse_config(argv)
-    for key, value in unset.items():
-        target = next((t for t in (model_args, data_args, args) if hasattr(t, key)), None)
-        if target is None:
-            raise ValueError(f"Suite run {run_key(run)}: {key!r} is not a config key.")
-        setattr(target, key, value)
+    model_args, data_args, args = parsed_config(spec, run, workdir)
     trainer, data = build(model_args, data_args, args)
     quiet(trainer)
     trainer.train()

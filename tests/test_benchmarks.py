@@ -126,3 +126,18 @@ def test_lm_dataset_runs_through_the_runner(tmp_path):
     for row in rows:
         assert 0 <= row["crows_pairs/gender/pct_stereotype"] <= 100 and row["perplexity"] > 1
         assert "test_gender/male/loss" in row
+
+
+def test_suite_overrides_reach_the_config_as_typed():
+    """A mapping (``*_options``) reaches the parsed config as the same mapping, a list as the list, a null
+    unset: the runner passes each through the command line's own syntax."""
+    run = _load("run")
+    spec = {"config": "configs/quickstart.yaml", "overrides": {"eval_strategy": "no"}}
+    params = {
+        "constraints": ["demographic_parity_difference <= 0.05"],
+        "constraint_options": {"momentum": 0.98, "multiplier_lr": 0.5},
+        "counterfactual_augmentation": None,
+    }
+    parsed = run.parsed_config(spec, {"params": params, "seed": 3}, "unused_dir")
+    values = {key: getattr(next(t for t in parsed if hasattr(t, key)), key) for key in [*params, "seed"]}
+    assert values == {**params, "seed": 3}
