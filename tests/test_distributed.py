@@ -175,6 +175,34 @@ def test_benchmark_runner_on_two_processes_writes_each_row_once(tmp_path):
     assert all(r["machine"]["processes"] == 2 for r in rows)
 
 
+@pytest.mark.slow
+def test_stereotype_monitor_splits_its_scoring_across_processes(tmp_path):
+    """Each of 2 ranks scores about half of the monitor's sequences; all get one process's numbers."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
+    script = str(REPO / "tests" / "dist_monitor.py")
+    torchrun = [*_torchrun(), "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    torchrun += ["--master_port", str(_free_port())]
+    for cmd, out in (([sys.executable], "single"), (torchrun, "double")):
+        proc = subprocess.run(
+            [*cmd, script, str(tmp_path / out)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
+        assert proc.returncode == 0, proc.stderr[-5000:]
+    single, *ranks = (
+        json.loads((tmp_path / name).read_text())
+        for name in ("single.rank0.json", "double.rank0.json", "double.rank1.json")
+    )
+    assert single["metrics"] and all(
+        r["metrics"] == pytest.approx(single["metrics"], rel=1e-9) for r in ranks
+    )
+    # Every process scores the same count (a repeat fills an odd benchmark), about half of them each.
+    assert ranks[0]["sequences"] == ranks[1]["sequences"] < 0.6 * single["sequences"]
+
+
 def _accelerate_launch() -> list[str]:
     exe = shutil.which("accelerate")
     return [exe, "launch"] if exe else [sys.executable, "-m", "accelerate.commands.launch"]

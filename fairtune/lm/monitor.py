@@ -4,7 +4,9 @@ The trainer calls :meth:`StereotypeMonitor.evaluate` with the model being traine
 returns to its eval metrics (``eval_crows_pairs/gender/pct_stereotype``), so every ``report_to`` backend
 charts them and ``metric_for_best_model`` can select on them. Data is read once, when the monitor is built
 (before training, so a missing data package or a bad category name stops the run at once); the subset is
-seeded, so every evaluation and every process scores the same examples.
+seeded, so every evaluation and every process scores the same examples. On several processes each process
+scores its share of them and the scores are gathered (:func:`fairtune.lm.scoring.sharded_scoring`), so the
+work is not repeated on every rank and every rank logs the same numbers.
 """
 
 from __future__ import annotations
@@ -97,45 +99,51 @@ class StereotypeMonitor:
 
     def evaluate(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
         """Score the model in eval mode (its mode restored after): ``{benchmark/category/metric: value}``."""
-        from fairtune.lm.bbq import evaluate_bbq
-        from fairtune.lm.crows_pairs import evaluate_crows_pairs
         from fairtune.lm.models import ensure_pad_token
-        from fairtune.lm.perplexity import evaluate_perplexity
-        from fairtune.lm.stereoset import evaluate_stereoset
+        from fairtune.lm.scoring import sharded_scoring
 
         ensure_pad_token(tokenizer)
         was_training = model.training
         model.eval()
-        common = {"seed": self.seed, "batch_size": self.batch_size, "progress": self.progress}
-        out: dict[str, float] = {}
         try:
-            for name in self.benchmarks:
-                data = self._data[name]
-                if name == "perplexity":
-                    result = evaluate_perplexity(
-                        model, tokenizer, data, max_length=self.perplexity_max_length, **common
-                    )
-                    out.update(result.flat())
-                    continue
-                # The data was filtered and subset when the monitor was built; score all of it.
-                if name == "crows_pairs":
-                    res = evaluate_crows_pairs(model, tokenizer, pairs=data, n_bootstrap=0, **common)
-                    groups = res.by_bias_type
-                elif name == "stereoset":
-                    res = evaluate_stereoset(
-                        model, tokenizer, rows=data, tasks=self.stereoset_tasks, n_bootstrap=0, **common
-                    )
-                    groups = res.by_domain
-                else:
-                    res = evaluate_bbq(model, tokenizer, rows=data, **common)
-                    groups = res.by_category
-                for requested, actual in self._names[name].items():
-                    if actual in groups:  # a small subset can miss a category
-                        out.update(_metrics(name, requested, groups[actual]))
-                if self.bias_types is None:
-                    out.update(_metrics(name, "overall", res.overall))
+            with sharded_scoring():
+                return self._score(model, tokenizer)
         finally:
             model.train(was_training)
+
+    def _score(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+        from fairtune.lm.bbq import evaluate_bbq
+        from fairtune.lm.crows_pairs import evaluate_crows_pairs
+        from fairtune.lm.perplexity import evaluate_perplexity
+        from fairtune.lm.stereoset import evaluate_stereoset
+
+        common = {"seed": self.seed, "batch_size": self.batch_size, "progress": self.progress}
+        out: dict[str, float] = {}
+        for name in self.benchmarks:
+            data = self._data[name]
+            if name == "perplexity":
+                result = evaluate_perplexity(
+                    model, tokenizer, data, max_length=self.perplexity_max_length, **common
+                )
+                out.update(result.flat())
+                continue
+            # The data was filtered and subset when the monitor was built; score all of it.
+            if name == "crows_pairs":
+                res = evaluate_crows_pairs(model, tokenizer, pairs=data, n_bootstrap=0, **common)
+                groups = res.by_bias_type
+            elif name == "stereoset":
+                res = evaluate_stereoset(
+                    model, tokenizer, rows=data, tasks=self.stereoset_tasks, n_bootstrap=0, **common
+                )
+                groups = res.by_domain
+            else:
+                res = evaluate_bbq(model, tokenizer, rows=data, **common)
+                groups = res.by_category
+            for requested, actual in self._names[name].items():
+                if actual in groups:  # a small subset can miss a category
+                    out.update(_metrics(name, requested, groups[actual]))
+            if self.bias_types is None:
+                out.update(_metrics(name, "overall", res.overall))
         return out
 
 

@@ -12,13 +12,19 @@ Every score here is ``sum_i log p(target_i | context, target_<i)`` over the targ
 
 Padding is on the right and masked out; sequences are sorted by length so a batch carries little padding;
 the device follows the model. Scores are float64 numpy arrays in the input order.
+
+Inside :func:`sharded_scoring` on several processes, each process scores every W-th sequence of that
+length order (the same number on every process, so FSDP's collective forward passes stay in step) and the
+scores are all-gathered: every process returns all N scores, computed once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +37,28 @@ ERR_NO_PREFIX_TOKEN = (
 )
 ERR_EMPTY_TARGET = "text #{index} has no tokens to score: {text!r}."
 ERR_LENGTHS = "got {contexts} contexts but {continuations} continuations; they must pair up one to one."
+
+_SHARDED = contextvars.ContextVar("fairtune_sharded_scoring", default=False)
+
+
+@contextlib.contextmanager
+def sharded_scoring() -> Iterator[None]:
+    """Within this block, :func:`score_pairs` splits its sequences across the initialised process group
+    and gathers the scores. Every process must enter it and score the same pairs; one process: no effect."""
+    token = _SHARDED.set(True)
+    try:
+        yield
+    finally:
+        _SHARDED.reset(token)
+
+
+def _world() -> tuple[int, int]:
+    """(world size, rank) when sharded scoring is on and a process group is running, else (1, 0)."""
+    import torch.distributed as dist
+
+    if _SHARDED.get() and dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
 
 
 @dataclass(frozen=True)
@@ -133,32 +161,59 @@ def score_pairs(
     counts = np.array([len(t) for _, t in pairs], dtype=np.int64)
     # Longest first: the first batch shows at once whether memory suffices, and batches carry little padding.
     order = sorted(range(n), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-    starts = range(0, n, batch_size)
+    world, rank = _world()
+    if world > 1 and n:
+        # Every process takes the same count (the last sequence repeated to fill), a stride of the length
+        # order, so the shares are about equally long.
+        order += order[-1:] * (-n % world)
+    mine = order[rank::world]
+    local = np.zeros(len(mine), dtype=np.float64)
+    starts = range(0, len(mine), batch_size)
     with torch.inference_mode():
         for start in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, leave=False):
-            rows = order[start : start + batch_size]
-            seqs = [list(pairs[i][0]) + list(pairs[i][1]) for i in rows]
-            width = max(len(s) for s in seqs) - 1  # the last token is only ever a label
-            inputs = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-            labels = torch.zeros((len(rows), width), dtype=torch.long)
-            scored = torch.zeros((len(rows), width), dtype=torch.bool)
-            for b, (i, seq) in enumerate(zip(rows, seqs, strict=True)):
-                inputs[b, : len(seq) - 1] = torch.tensor(seq[:-1])
-                labels[b, : len(seq) - 1] = torch.tensor(seq[1:])
-                # Position p predicts token p + 1; the target starts at token len(context).
-                scored[b, len(pairs[i][0]) - 1 : len(seq) - 1] = True
-            attention = (
-                torch.arange(width)[None, :] < torch.tensor([len(s) - 1 for s in seqs])[:, None]
-            ).long()
-            # use_cache=False: one pass per batch, so a key/value cache would only cost memory.
-            logits = model(
-                input_ids=inputs.to(device), attention_mask=attention.to(device), use_cache=False
-            ).logits
-            logits = logits.float()  # (B, T, V); bf16 log-softmax would round the sums
-            token_logp = logits.gather(-1, labels.to(device)[..., None])[..., 0] - logits.logsumexp(-1)
-            token_logp = token_logp.masked_fill(~scored.to(device), 0.0)
-            sums[rows] = token_logp.double().sum(-1).cpu().numpy()
+            rows = mine[start : start + batch_size]
+            local[start : start + len(rows)] = _score_batch(
+                model, [pairs[i] for i in rows], pad_token_id, device
+            )
+    if world == 1:
+        sums[mine] = local
+    elif n:
+        import torch.distributed as dist
+
+        share = torch.from_numpy(local).to(device)
+        shares = [torch.empty_like(share) for _ in range(world)]
+        dist.all_gather(shares, share)
+        for r, scores in enumerate(shares):
+            sums[order[r::world]] = scores.cpu().numpy()
     return TokenScores(sum=sums, n_tokens=counts)
+
+
+def _score_batch(
+    model: PreTrainedModel,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    pad_token_id: int,
+    device: Any,
+) -> np.ndarray:
+    """(B,) float64 summed target log-probabilities of one right-padded batch."""
+    import torch
+
+    seqs = [list(context) + list(target) for context, target in pairs]
+    width = max(len(s) for s in seqs) - 1  # the last token is only ever a label
+    inputs = torch.full((len(seqs), width), pad_token_id, dtype=torch.long)
+    labels = torch.zeros((len(seqs), width), dtype=torch.long)
+    scored = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for b, ((context, _), seq) in enumerate(zip(pairs, seqs, strict=True)):
+        inputs[b, : len(seq) - 1] = torch.tensor(seq[:-1])
+        labels[b, : len(seq) - 1] = torch.tensor(seq[1:])
+        # Position p predicts token p + 1; the target starts at token len(context).
+        scored[b, len(context) - 1 : len(seq) - 1] = True
+    attention = (torch.arange(width)[None, :] < torch.tensor([len(s) - 1 for s in seqs])[:, None]).long()
+    # use_cache=False: one pass per batch, so a key/value cache would only cost memory.
+    logits = model(input_ids=inputs.to(device), attention_mask=attention.to(device), use_cache=False).logits
+    logits = logits.float()  # (B, T, V); bf16 log-softmax would round the sums
+    token_logp = logits.gather(-1, labels.to(device)[..., None])[..., 0] - logits.logsumexp(-1)
+    token_logp = token_logp.masked_fill(~scored.to(device), 0.0)
+    return token_logp.double().sum(-1).cpu().numpy()
 
 
 def score_sentences(
