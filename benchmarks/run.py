@@ -17,7 +17,9 @@ Suite keys:
   An lm run fine-tunes the causal LM and records its stereotype scores and held-out perplexity after
   training (the config's lm_report_* keys); a method's args may set a key to null (e.g. no augmentation).
   methods: [{name, args: {FairTrainingArguments fields}, sweep: {field: [values]}}]
-  peers: [expgrad_dp, expgrad_eo, threshold_optimizer_dp, threshold_optimizer_eo]   (tabular only)
+  peers: [expgrad_dp, expgrad_eo, threshold_optimizer_dp, threshold_optimizer_eo]   (tabular and text; on
+         text ThresholdOptimizer post-processes the fine-tuned unmitigated model and ExponentiatedGradient
+         fits logistic regression on the frozen encoder's embeddings)
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ def expand(suite: dict[str, Any]) -> list[dict[str, Any]]:
             for values in itertools.product(*sweep.values()) if sweep else [()]:
                 params = {**method.get("args", {}), **dict(zip(sweep, values, strict=True))}
                 variants.append((method["name"], params))
-        if spec["kind"] == "tabular":
+        if spec["kind"] in ("tabular", "text"):
             variants += [(peer, {}) for peer in suite.get("peers", [])]
         # Seed-major: a suite stopped part-way holds every method on its first seeds, a fair comparison.
         for seed, (name, params) in itertools.product(suite["seeds"], variants):
@@ -221,7 +223,23 @@ def parsed_config(spec: dict[str, Any], run: dict[str, Any], workdir: str) -> tu
     return parsed
 
 
+# (dataset key, seed) -> the unmitigated text model's validation and test scores, kept by the suite's `erm`
+# run so that ThresholdOptimizer post-processes that same model without training it again.
+_ERM_SCORES: dict[tuple[str, int], dict[str, Any]] = {}
+# dataset key -> frozen-encoder embeddings of the text splits (the same for every seed).
+_EMBEDDINGS: dict[str, dict[str, Any]] = {}
+
+
 def run_text(spec: dict[str, Any], run: dict[str, Any], workdir: str) -> dict[str, float]:
+    if run["method"] in PEERS:
+        return run_text_peer(spec, run, workdir)
+    trainer, data, attribute = _train_text(spec, run, workdir)
+    if run["method"] == "erm" and not run["params"]:
+        _keep_erm_scores(trainer, data, attribute, (run["dataset"], run["seed"]))
+    return _evaluate(trainer, data["test"], attribute)
+
+
+def _train_text(spec: dict[str, Any], run: dict[str, Any], workdir: str) -> tuple[Any, Any, str]:
     from fairtune.pipeline import build
 
     spec = {**spec, "overrides": {"bootstrap_samples": 0, **spec.get("overrides", {})}}
@@ -229,7 +247,72 @@ def run_text(spec: dict[str, Any], run: dict[str, Any], workdir: str) -> dict[st
     trainer, data = build(model_args, data_args, args)
     quiet(trainer)
     trainer.train()
-    return _evaluate(trainer, data["test"], args.group_by)
+    return trainer, data, args.group_by
+
+
+def _keep_erm_scores(trainer: Any, data: Any, attribute: str, key: tuple[str, int]) -> dict[str, Any]:
+    import numpy as np
+
+    kept = {}
+    for split in ("validation", "test"):
+        scored = trainer.positive_scores(data[split], split)
+        kept[split] = (scored.scores, scored.labels, np.asarray(data[split][attribute]))
+    _ERM_SCORES[key] = kept
+    return kept
+
+
+def run_text_peer(spec: dict[str, Any], run: dict[str, Any], workdir: str) -> dict[str, float]:
+    """fairlearn on the text task.
+
+    ``threshold_optimizer_*``: ThresholdOptimizer on the fine-tuned unmitigated model's scores (prefit),
+    fitted on validation as our group thresholds are. ``expgrad_*``: ExponentiatedGradient over logistic
+    regression on the frozen pretrained encoder's mean-pooled embeddings (reductions refit their model).
+    """
+    name, seed = run["method"], run["seed"]
+    if name.startswith("threshold_optimizer"):
+        erm = {**run, "method": "erm", "params": {}}
+        kept = _ERM_SCORES.get((run["dataset"], seed))
+        if kept is None:
+            trainer, data, attribute = _train_text(spec, erm, workdir)
+            kept = _keep_erm_scores(trainer, data, attribute, (run["dataset"], seed))
+        (v_scores, y_fit, s_fit), (t_scores, y_test, s_test) = kept["validation"], kept["test"]
+        fit, test = v_scores[:, None], t_scores[:, None]  # (N, 1): the score is the feature
+        return _peer_result(name, fit, y_fit, s_fit, test, y_test, s_test, seed, prefit=True)
+    if run["dataset"] not in _EMBEDDINGS:
+        _EMBEDDINGS[run["dataset"]] = _frozen_embeddings(spec, run, workdir)
+    e = _EMBEDDINGS[run["dataset"]]
+    return _peer_result(name, *e["train"], *e["test"], seed)
+
+
+def _frozen_embeddings(spec: dict[str, Any], run: dict[str, Any], workdir: str) -> dict[str, Any]:
+    """split -> (embeddings (N, H), labels (N,), groups (N,)): mean-pooled last hidden states of the config's
+    pretrained encoder, untrained."""
+    import numpy as np
+    import torch
+
+    from fairtune.pipeline import build
+
+    model_args, data_args, args = parsed_config(spec, {**run, "params": {}}, workdir)
+    trainer, data = build(model_args, data_args, args)
+    encoder = trainer.model.base_model.eval()  # the pretrained encoder under a fresh head, never trained
+    out = {}
+    for split in ("train", "test"):
+        rows = data[split]
+        inputs = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in rows.column_names]
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(rows), 64):
+                batch = rows[start : start + 64]
+                width = max(len(ids) for ids in batch["input_ids"])
+                tensors = {
+                    c: torch.tensor([list(v) + [0] * (width - len(v)) for v in batch[c]]) for c in inputs
+                }
+                hidden = encoder(**tensors).last_hidden_state  # (B, T, H)
+                mask = tensors["attention_mask"][..., None].float()
+                chunks.append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
+        labels = np.asarray(rows[data_args.label_column])
+        out[split] = (np.concatenate(chunks), labels, np.asarray(rows[args.group_by]))
+    return out
 
 
 def run_lm(spec: dict[str, Any], run: dict[str, Any], workdir: str) -> dict[str, float]:
@@ -266,6 +349,28 @@ def _evaluate(trainer: Any, test: Any, attribute: str) -> dict[str, float]:
 def run_peer(name: str, data: Any, attribute: str, seed: int) -> dict[str, float]:
     """fairlearn's reductions and post-processing on the same split and features (logistic regression)."""
     import numpy as np
+
+    def columns(split: str) -> list[np.ndarray]:
+        return [np.asarray(list(data[split][c])) for c in ("features", "label", attribute)]
+
+    return _peer_result(name, *columns("train"), *columns("test"), seed)
+
+
+def _peer_result(
+    name: str,
+    x_fit: Any,
+    y_fit: Any,
+    s_fit: Any,
+    x_test: Any,
+    y_test: Any,
+    s_test: Any,
+    seed: int,
+    prefit: bool = False,
+) -> dict[str, float]:
+    """Fit fairlearn's ``name`` (ExponentiatedGradient over logistic regression, or ThresholdOptimizer) on
+    (x_fit, y_fit, s_fit) and score its test decisions. ``prefit``: x is a column of a fitted model's
+    positive-class scores, which ThresholdOptimizer thresholds per group."""
+    import numpy as np
     import torch
     from fairlearn.postprocessing import ThresholdOptimizer
     from fairlearn.reductions import DemographicParity, EqualizedOdds, ExponentiatedGradient
@@ -273,29 +378,49 @@ def run_peer(name: str, data: Any, attribute: str, seed: int) -> dict[str, float
 
     from fairtune.metrics import GroupStats
 
-    def column(split: str, name: str) -> np.ndarray:
-        return np.asarray(list(data[split][name]))
-
-    x_train, y_train, s_train = (column("train", c) for c in ("features", "label", attribute))
-    x_test, y_test, s_test = (column("test", c) for c in ("features", "label", attribute))
     constraint = DemographicParity() if name.endswith("_dp") else EqualizedOdds()
-    base = LogisticRegression(max_iter=1000)
+    base = _score_column(x_fit, y_fit) if prefit else LogisticRegression(max_iter=1000)
     if name.startswith("expgrad"):
         model = ExponentiatedGradient(base, constraints=constraint)
-        model.fit(x_train, y_train, sensitive_features=s_train)
+        model.fit(x_fit, y_fit, sensitive_features=s_fit)
         preds = model.predict(x_test, random_state=seed)
     else:
         kind = "demographic_parity" if name.endswith("_dp") else "equalized_odds"
-        model = ThresholdOptimizer(estimator=base, constraints=kind, predict_method="predict_proba")
-        model.fit(x_train, y_train, sensitive_features=s_train)
+        model = ThresholdOptimizer(
+            estimator=base, constraints=kind, predict_method="predict_proba", prefit=prefit
+        )
+        model.fit(x_fit, y_fit, sensitive_features=s_fit)
         preds = model.predict(x_test, sensitive_features=s_test, random_state=seed)
     names = sorted(set(s_test))
     ids = np.array([names.index(v) for v in s_test])
     stats = GroupStats(2, len(names), bootstrap_samples=0)
     stats.update(
-        torch.as_tensor(y_test), torch.as_tensor(ids), preds=torch.as_tensor(np.asarray(preds, dtype=int))
+        torch.as_tensor(np.asarray(y_test)),
+        torch.as_tensor(ids),
+        preds=torch.as_tensor(np.asarray(preds, dtype=int)),
     )
     return _headline(stats.compute(names))
+
+
+def _score_column(x: Any, y: Any) -> Any:
+    """A fitted binary sklearn classifier whose one input column is its own positive-class score:
+    (N, 1) -> probabilities (N, 2), so ThresholdOptimizer(prefit=True) thresholds a model's scores."""
+    import numpy as np
+    from sklearn.base import BaseEstimator, ClassifierMixin
+
+    class ScoreColumn(ClassifierMixin, BaseEstimator):
+        def fit(self, x: Any, y: Any) -> ScoreColumn:
+            self.classes_ = np.array([0, 1])
+            return self
+
+        def predict_proba(self, x: Any) -> Any:
+            score = np.asarray(x, dtype=float)[:, 0]
+            return np.column_stack([1 - score, score])
+
+        def predict(self, x: Any) -> Any:
+            return (self.predict_proba(x)[:, 1] >= 0.5).astype(int)
+
+    return ScoreColumn().fit(x, y)
 
 
 # ----- the suite --------------------------------------------------------------------------------------

@@ -59,7 +59,8 @@ def test_pareto_front_and_suite_errors(tmp_path):
 
 @pytest.mark.slow
 def test_text_dataset_runs_through_the_runner(tmp_path):
-    """The MiniLM text path of the runner (a few steps), with post-processing and an adversary."""
+    """The MiniLM text path of the runner (a few steps), with post-processing, an adversary and fairlearn's
+    peers (on the fine-tuned model's scores and on frozen embeddings)."""
     run = _load("run")
     suite = tmp_path / "text.yaml"
     suite.write_text(
@@ -69,12 +70,15 @@ def test_text_dataset_runs_through_the_runner(tmp_path):
         "max_test_samples: 64, max_steps: 2}\n"
         "methods:\n  - {name: thresholds_dp, args: {post_processing: demographic_parity}}\n"
         "  - {name: adversary, args: {adversary: group, adversary_input: hidden, adversary_weight: 0.1}}\n"
+        "peers: [threshold_optimizer_dp, expgrad_eo]\n"
     )
     results = tmp_path / "text.jsonl"
     run.main(["--suite", str(suite), "--results", str(results)])
     rows = [json.loads(line) for line in results.read_text().splitlines()]
-    assert [r["method"] for r in rows] == ["thresholds_dp", "adversary"]
+    assert [r["method"] for r in rows] == ["thresholds_dp", "adversary", "threshold_optimizer_dp", "expgrad_eo"]
     assert all(0 < r["accuracy"] <= 1 and r["dataset"] == "adult_text" for r in rows)
+    # fairlearn's ThresholdOptimizer on the unmitigated model's scores, fitted on validation as ours is.
+    assert rows[2]["demographic_parity_difference"] < 0.2
 
 
 def test_lm_dataset_runs_through_the_runner(tmp_path):
