@@ -26,6 +26,12 @@ def torch_threads(request):
     torch.set_num_threads(DEFAULT_THREADS)
 
 
+@pytest.fixture
+def one_thread():
+    """One thread also for a slow test, when its models are tiny."""
+    torch.set_num_threads(1)
+
+
 WORDS = ["the", "a", "man", "woman", "he", "she", "works", "as", "nurse", "engineer", "high", "low", "income"]
 
 

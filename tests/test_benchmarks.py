@@ -75,7 +75,12 @@ def test_text_dataset_runs_through_the_runner(tmp_path):
     results = tmp_path / "text.jsonl"
     run.main(["--suite", str(suite), "--results", str(results)])
     rows = [json.loads(line) for line in results.read_text().splitlines()]
-    assert [r["method"] for r in rows] == ["thresholds_dp", "adversary", "threshold_optimizer_dp", "expgrad_eo"]
+    assert [r["method"] for r in rows] == [
+        "thresholds_dp",
+        "adversary",
+        "threshold_optimizer_dp",
+        "expgrad_eo",
+    ]
     assert all(0 < r["accuracy"] <= 1 and r["dataset"] == "adult_text" for r in rows)
     # fairlearn's ThresholdOptimizer on the unmitigated model's scores, fitted on validation as ours is.
     assert rows[2]["demographic_parity_difference"] < 0.2

@@ -130,7 +130,7 @@ def test_jtt_options_are_checked():
 
 
 @pytest.mark.slow  # about a minute alone; several under a loaded CPU
-def test_jtt_beats_erm_on_worst_group_accuracy_of_a_planted_spurious_correlation(tmp_path):
+def test_jtt_beats_erm_on_worst_group_accuracy_of_a_planted_spurious_correlation(tmp_path, one_thread):
     # A clean spurious feature agrees with the label in 95% of training rows; the test cells are balanced.
     bench = _bench()
     settings = dict(seed=0, train_rows=1000, epochs=6, upweight=20, first_stage_epochs=2)

@@ -98,15 +98,6 @@ def random_batch(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torc
     return logits, labels, groups, num_groups, dtype
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny tensors: one thread is several times faster than a pool (and fair to a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def fuzz(name: str, num_batches: int) -> None:
     gen = torch.Generator().manual_seed(sum(map(ord, name)))
     # One penalty object per number of classes, so running statistics keep one (G, K) shape over the stream.
