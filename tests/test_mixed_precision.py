@@ -5,7 +5,8 @@
   bf16 matmuls: a count of 4097 became 4096 and an l2_dev spread read 0.7071 instead of 0.7069);
 * over random batches (absent groups, groups of one row, one-row batches, logits up to +-1e4, bf16 logits,
   2 and 3 classes) no penalty, with or without running statistics, gives a NaN or inf value or gradient:
-  1,000 batches per penalty variant (10,000 in all) in the fast suite, 10,000 per variant in a slow test.
+  1,000 batches per penalty variant (10,000 in all) in the default run, 10,000 per variant with
+  ``pytest -m extended``.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def test_fuzz_no_nan_or_inf_in_value_or_gradient(name, one_thread):
     fuzz(name, FUZZ_BATCHES // len(PENALTIES))
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 @pytest.mark.parametrize("name", list(PENALTIES))
 def test_fuzz_every_penalty_on_ten_thousand_batches(name, one_thread):
     fuzz(name, FUZZ_BATCHES)
