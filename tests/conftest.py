@@ -13,17 +13,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DEFAULT_THREADS = torch.get_num_threads()
+# One intra-op thread for tests on tiny models, where OpenMP hand-offs between tiny ops cost more than they
+# save (measured: a 2-layer BERT test took 257 s with two threads on a busy 2-core machine and 14 s with one).
+# Set at import, so module-scoped fixtures (built before any function-scoped one) train with one thread too.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
 def torch_threads(request):
-    """One intra-op thread for tests on tiny models, where OpenMP hand-offs between tiny ops cost more than
-    they save (measured: a 2-layer BERT test took 257 s with two threads on a busy 2-core machine and 14 s
-    with one); tests marked slow run real models and keep every thread."""
-    threads = DEFAULT_THREADS if request.node.get_closest_marker("slow") else 1
-    torch.set_num_threads(threads)
+    """Tests marked slow run real models and keep every thread; the others run with one."""
+    slow = request.node.get_closest_marker("slow") is not None
+    torch.set_num_threads(DEFAULT_THREADS if slow else 1)
     yield
-    torch.set_num_threads(DEFAULT_THREADS)
+    torch.set_num_threads(1)
 
 
 @pytest.fixture
