@@ -48,6 +48,9 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 HEADLINE = ("accuracy", "demographic_parity_difference", "equalized_odds_difference", "worst_group_accuracy")
 PEERS = ("expgrad_dp", "expgrad_eo", "threshold_optimizer_dp", "threshold_optimizer_eo")
 ERR_SUITE_KEY = "Suite {path}: missing key {key!r}."
+ERR_SUITE_EMPTY = (
+    "Suite {path}: the file is empty or not a YAML mapping (keys: name, results, seeds, datasets, methods)."
+)
 ERR_DATASET_KIND = "Suite dataset {key!r}: kind must be 'tabular', 'text' or 'lm'; got {kind!r}."
 KINDS = ("tabular", "text", "lm")
 ERR_PEER = "Unknown peer {name!r}; valid peers: {valid}."
@@ -77,6 +80,8 @@ def machine() -> dict[str, Any]:
 def load_suite(path: str) -> dict[str, Any]:
     with open(path) as f:
         suite = yaml.safe_load(f)
+    if not isinstance(suite, dict):
+        raise ValueError(ERR_SUITE_EMPTY.format(path=path))
     for key in ("name", "results", "seeds", "datasets", "methods"):
         if key not in suite:
             raise ValueError(ERR_SUITE_KEY.format(path=path, key=key))

@@ -50,6 +50,9 @@ def test_pareto_front_and_suite_errors(tmp_path):
     bad.write_text("name: x\nresults: r.jsonl\nseeds: [0]\ndatasets: {d: {kind: video}}\nmethods: []\n")
     with pytest.raises(ValueError, match="kind must be 'tabular', 'text' or 'lm'"):
         run.load_suite(str(bad))
+    bad.write_text("")
+    with pytest.raises(ValueError, match="the file is empty or not a YAML mapping"):
+        run.load_suite(str(bad))
     runs = run.expand(run.load_suite(str(ROOT / "benchmarks" / "suites" / "cpu_tabular.yaml")))
     assert len({run.run_key(r) for r in runs}) == len(runs) >= 90
     # Seed-major within a dataset: every method of the first seed before any run of the second.
