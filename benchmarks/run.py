@@ -16,6 +16,8 @@ Suite keys:
              | {kind: lm, config: configs/lm_quickstart.yaml, overrides: {key: value}}}
   An lm run fine-tunes the causal LM and records its stereotype scores and held-out perplexity after
   training (the config's lm_report_* keys); a method's args may set a key to null (e.g. no augmentation).
+  An lm dataset also gets one ``pretrained`` row (first seed): the model as loaded, scored untrained, the
+  before every method is compared with.
   methods: [{name, args: {FairTrainingArguments fields}, sweep: {field: [values]}}]
   peers: [expgrad_dp, expgrad_eo, threshold_optimizer_dp, threshold_optimizer_eo]   (tabular and text; on
          text ThresholdOptimizer post-processes the fine-tuned unmitigated model and ExponentiatedGradient
@@ -54,6 +56,8 @@ ERR_SUITE_EMPTY = (
 ERR_DATASET_KIND = "Suite dataset {key!r}: kind must be 'tabular', 'text' or 'lm'; got {kind!r}."
 KINDS = ("tabular", "text", "lm")
 ERR_PEER = "Unknown peer {name!r}; valid peers: {valid}."
+ERR_RESERVED = "Suite method name {name!r} is reserved (a peer or the lm datasets' untrained row); rename it."
+PRETRAINED = "pretrained"
 
 
 def machine() -> dict[str, Any]:
@@ -88,6 +92,9 @@ def load_suite(path: str) -> dict[str, Any]:
     for key, spec in suite["datasets"].items():
         if spec.get("kind") not in KINDS:
             raise ValueError(ERR_DATASET_KIND.format(key=key, kind=spec.get("kind")))
+    for method in suite["methods"]:
+        if method.get("name") in (*PEERS, PRETRAINED):
+            raise ValueError(ERR_RESERVED.format(name=method.get("name")))
     for peer in suite.get("peers", []):
         if peer not in PEERS:
             raise ValueError(ERR_PEER.format(name=peer, valid=", ".join(PEERS)))
@@ -106,6 +113,9 @@ def expand(suite: dict[str, Any]) -> list[dict[str, Any]]:
                 variants.append((method["name"], params))
         if spec["kind"] in ("tabular", "text"):
             variants += [(peer, {}) for peer in suite.get("peers", [])]
+        else:
+            # The untrained model, scored once: its scores do not depend on the training seed.
+            runs.append({"dataset": dataset, "method": PRETRAINED, "params": {}, "seed": suite["seeds"][0]})
         # Seed-major: a suite stopped part-way holds every method on its first seeds, a fair comparison.
         for seed, (name, params) in itertools.product(suite["seeds"], variants):
             runs.append({"dataset": dataset, "method": name, "params": params, "seed": seed})
@@ -321,14 +331,16 @@ def _frozen_embeddings(spec: dict[str, Any], run: dict[str, Any], workdir: str) 
 
 
 def run_lm(spec: dict[str, Any], run: dict[str, Any], workdir: str) -> dict[str, float]:
-    """Fine-tune a causal LM as the config and the method say; its scores after training, flat keys."""
+    """Fine-tune a causal LM as the config and the method say; its scores after training, flat keys. The
+    ``pretrained`` run scores the model as loaded (LoRA adapters start as the identity), untrained."""
     from fairtune.lm_pipeline import score_lm
     from fairtune.pipeline import build
 
     model_args, data_args, args = parsed_config(spec, run, workdir)
     trainer, data = build(model_args, data_args, args)
     quiet(trainer)
-    trainer.train()
+    if run["method"] != PRETRAINED:
+        trainer.train()
     metrics = trainer.evaluate(data["test"], metric_key_prefix="test")
     scores = score_lm(trainer, data, model_args.model_name_or_path).flat()
     return {**scores, **{k: v for k, v in metrics.items() if "/" in k or k == "test_perplexity"}}

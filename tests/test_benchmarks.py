@@ -134,10 +134,16 @@ def test_lm_dataset_runs_through_the_runner(tmp_path):
     path.write_text(yaml.safe_dump(suite))
     run.main(["--suite", str(path)])
     rows = [json.loads(line) for line in (tmp_path / "lm.jsonl").read_text().splitlines()]
-    assert [r["method"] for r in rows] == ["none", "cda_consistency"]
+    assert [r["method"] for r in rows] == ["pretrained", "none", "cda_consistency"]
     for row in rows:
         assert 0 <= row["crows_pairs/gender/pct_stereotype"] <= 100 and row["perplexity"] > 1
         assert "test_gender/male/loss" in row
+    # The untrained row is the model as saved; two steps of training move its held-out perplexity.
+    assert rows[0]["perplexity"] != rows[1]["perplexity"]
+    suite["methods"].append({"name": "pretrained", "args": {}})
+    path.write_text(yaml.safe_dump(suite))
+    with pytest.raises(ValueError, match="'pretrained' is reserved"):
+        run.load_suite(str(path))
 
 
 def test_suite_overrides_reach_the_config_as_typed():
