@@ -6,6 +6,11 @@ Per dataset: a Markdown table of every configuration (method + hyper-parameters)
 seeds, and two PNGs, accuracy against demographic-parity difference and against equalized-odds difference,
 every configuration a point (error bars over seeds), the Pareto front (no other point has both higher
 accuracy and a smaller gap) drawn and its points ringed.
+
+A causal-LM dataset (rows with stereotype scores, from an ``lm`` suite) gets its own table: CrowS-Pairs,
+StereoSet and perplexity per configuration, each one's change against the untrained ``pretrained`` row
+(how much closer to 50 CrowS-Pairs and SS moved, LMS in points, perplexity in percent), and one PNG,
+``lm_<dataset>.png``: CrowS-Pairs against SS per configuration (50, 50 is unbiased) beside perplexity.
 """
 
 from __future__ import annotations
@@ -36,6 +41,19 @@ SHORT = {
 }
 
 
+# Causal-LM columns; {b} is the suite's bias type (gender) or "overall".
+LM_METRICS = (
+    "crows_pairs/{b}/pct_stereotype",
+    "crows_pairs/{b}/pct_stereotype_normalized",
+    "stereoset/{b}/ss",
+    "stereoset/{b}/lms",
+    "stereoset/{b}/icat",
+    "perplexity",
+)
+LM_SHORT = ("CrowS", "CrowS (normalised)", "SS", "LMS", "ICAT", "perplexity")
+PRETRAINED = "pretrained"
+
+
 def load_rows(paths: list[str]) -> list[dict[str, Any]]:
     rows = []
     for path in paths:
@@ -46,23 +64,42 @@ def load_rows(paths: list[str]) -> list[dict[str, Any]]:
 
 def label(row: dict[str, Any]) -> str:
     """Method plus its swept / non-default parameters, e.g. ``demographic_parity (penalty_weight=0.3)``."""
-    shown = {k: v for k, v in row["params"].items() if k not in ("penalty", "reweighting", "adversary")}
+    # Keys that only say which method family a row is (its name says that already) are not shown.
+    family = ("penalty", "reweighting", "adversary", "counterfactual_augmentation")
+    shown = {k: v for k, v in row["params"].items() if k not in family}
     if not shown:
         return row["method"]
     return f"{row['method']} (" + ", ".join(f"{k}={v}" for k, v in sorted(shown.items())) + ")"
 
 
+def is_lm(configs: dict[str, dict[str, Any]]) -> bool:
+    return any("perplexity" in c for c in configs.values())
+
+
+def bias_type(rows: list[dict[str, Any]]) -> str:
+    """The one bias type an LM suite scored (``gender``), or ``overall`` when it scored several or none."""
+    types = {k.split("/")[1] for r in rows for k in r if k.startswith("crows_pairs/")} - {"overall"}
+    return types.pop() if len(types) == 1 else "overall"
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
-    """dataset -> configuration label -> {metric: (mean, std), seeds, wall_time_s}."""
+    """dataset -> configuration label -> {metric: (mean, std), seeds, wall_time_s}; an LM dataset's
+    entries hold `LM_METRICS` (bias type filled in, also under ``bias_type``) instead of `METRICS`."""
     groups: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         groups[row["dataset"]][label(row)].append(row)
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for dataset, configs in groups.items():
         out[dataset] = {}
+        every = [r for runs in configs.values() for r in runs]
+        lm = any(k.startswith("crows_pairs/") or k == "perplexity" for r in every for k in r)
+        bias = bias_type(every)
+        metrics = [m.format(b=bias) for m in LM_METRICS] if lm else list(METRICS)
         for name, runs in configs.items():
             entry: dict[str, Any] = {"seeds": len(runs), "method": runs[0]["method"]}
-            for metric in METRICS:
+            if lm:
+                entry["bias_type"] = bias
+            for metric in metrics:
                 values = [r[metric] for r in runs if metric in r and not math.isnan(r[metric])]
                 mean = statistics.fmean(values) if values else math.nan
                 std = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -97,6 +134,101 @@ def markdown(dataset: str, configs: dict[str, dict[str, Any]], reference: dict[s
         cells = [f"{reference[m]:.3f}" if m in reference else "–" for m in METRICS]
         lines.append(f"| {reference['name']} | – | " + " | ".join(cells) + " | – |")
     return "\n".join(lines)
+
+
+def lm_changes(entry: dict[str, Any], base: dict[str, Any]) -> dict[str, float]:
+    """Seed-mean changes against the untrained row: how many points CrowS-Pairs and SS moved toward 50
+    (positive = less stereotyped), LMS in points, perplexity in percent."""
+    b = entry["bias_type"]
+
+    def mean(e: dict[str, Any], key: str) -> float:
+        return e[key.format(b=b)][0]
+
+    def toward_50(key: str) -> float:
+        return abs(mean(base, key) - 50) - abs(mean(entry, key) - 50)
+
+    return {
+        "crows_toward_50": toward_50("crows_pairs/{b}/pct_stereotype"),
+        "ss_toward_50": toward_50("stereoset/{b}/ss"),
+        "lms_change": mean(entry, "stereoset/{b}/lms") - mean(base, "stereoset/{b}/lms"),
+        "perplexity_change_pct": 100 * (mean(entry, "perplexity") / mean(base, "perplexity") - 1),
+    }
+
+
+def lm_markdown(dataset: str, configs: dict[str, dict[str, Any]], references: list[dict[str, Any]]) -> str:
+    """The LM table: scores (mean ± std over seeds) and each configuration's change against ``pretrained``;
+    published rows (other models) below, their changes against the first of them."""
+    bias = next(iter(configs.values()))["bias_type"]
+    metrics = [m.format(b=bias) for m in LM_METRICS]
+    changes = ("CrowS → 50", "SS → 50", "Δ LMS", "Δ perplexity")
+    head = f"| configuration ({bias}) | seeds | " + " | ".join((*LM_SHORT, *changes)) + " | wall time |"
+    lines = [f"### {dataset}", "", head, "|" + "---|" * (len(metrics) + len(changes) + 3)]
+    base = configs.get(PRETRAINED)
+    order = sorted(configs, key=lambda n: (n != PRETRAINED, configs[n]["method"] != "none", n))
+    for name in order:
+        c = configs[name]
+        cells = [f"{c[m][0]:.2f} ± {c[m][1]:.2f}" if c["seeds"] > 1 else f"{c[m][0]:.2f}" for m in metrics]
+        if base is None or name == PRETRAINED:
+            cells += ["–"] * len(changes)
+        else:
+            d = lm_changes(c, base)
+            cells += [
+                f"{d['crows_toward_50']:+.2f}",
+                f"{d['ss_toward_50']:+.2f}",
+                f"{d['lms_change']:+.2f}",
+                f"{d['perplexity_change_pct']:+.1f}%",
+            ]
+        lines.append(f"| {name} | {c['seeds']} | " + " | ".join(cells) + f" | {c['wall_time_s']:.0f} s |")
+    first = references[0] if references else None
+    for ref in references:
+        cells = [f"{ref[m]:.2f}" if m in ref else "–" for m in metrics]
+        if ref is first:
+            cells += ["–"] * len(changes)
+        else:
+            crows, ss, lms = (m for m in metrics if m.endswith(("/pct_stereotype", "/ss", "/lms")))
+            cells += [
+                f"{abs(first[crows] - 50) - abs(ref[crows] - 50):+.2f}",
+                f"{abs(first[ss] - 50) - abs(ref[ss] - 50):+.2f}",
+                f"{ref[lms] - first[lms]:+.2f}",
+                "–",
+            ]
+        lines.append(f"| {ref['name']} | – | " + " | ".join(cells) + " | – |")
+    return "\n".join(lines)
+
+
+def lm_plot(dataset: str, configs: dict[str, dict[str, Any]], path: str) -> str:
+    """CrowS-Pairs against SS per configuration (error bars over seeds; 50, 50 unbiased) beside perplexity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bias = next(iter(configs.values()))["bias_type"]
+    crows, ss = f"crows_pairs/{bias}/pct_stereotype", f"stereoset/{bias}/ss"
+    names = sorted(configs, key=lambda n: (n != PRETRAINED, n))
+    colours = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(names)}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    for n in names:
+        c = configs[n]
+        marker = "s" if n == PRETRAINED else "o"
+        left.errorbar(
+            c[crows][0], c[ss][0], xerr=c[crows][1], yerr=c[ss][1], fmt=marker, color=colours[n], label=n
+        )
+    left.scatter([50], [50], marker="*", s=200, color="black", label="unbiased (50, 50)")
+    left.set_xlabel(f"CrowS-Pairs {bias} pct_stereotype")
+    left.set_ylabel(f"StereoSet {bias} SS")
+    left.set_title(f"{dataset}: stereotype scores (mean ± std over seeds)")
+    left.legend(fontsize="small", loc="best")
+    means = [configs[n]["perplexity"][0] for n in names]
+    stds = [configs[n]["perplexity"][1] for n in names]
+    right.bar(range(len(names)), means, yerr=stds, color=[colours[n] for n in names])
+    right.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    right.set_ylabel("held-out perplexity")
+    right.set_title("language-model cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot(dataset: str, configs: dict[str, dict[str, Any]], gap: str, path: str) -> str:
@@ -155,6 +287,11 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarise(load_rows(paths))
     sections = []
     for dataset, configs in summary.items():
+        if is_lm(configs):
+            refs = references.get(dataset, [])
+            sections.append(lm_markdown(dataset, configs, refs if isinstance(refs, list) else [refs]))
+            lm_plot(dataset, configs, os.path.join(out, f"lm_{dataset}.png"))
+            continue
         sections.append(markdown(dataset, configs, references.get(dataset)))
         for gap, tag in (("demographic_parity_difference", "dp"), ("equalized_odds_difference", "eo")):
             plot(dataset, configs, gap, os.path.join(out, f"pareto_{dataset}_{tag}.png"))

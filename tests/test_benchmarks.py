@@ -159,3 +159,54 @@ def test_suite_overrides_reach_the_config_as_typed():
     parsed = run.parsed_config(spec, {"params": params, "seed": 3}, "unused_dir")
     values = {key: getattr(next(t for t in parsed if hasattr(t, key)), key) for key in [*params, "seed"]}
     assert values == {**params, "seed": 3}
+
+
+def test_lm_report_table_changes_and_plot(tmp_path):
+    """The LM table's numbers from hand-made rows: means over seeds, moves toward 50 against the untrained
+    row (a score crossing 50 counts by its distance), LMS in points, perplexity in percent."""
+    report = _load("report")
+
+    def row(method: str, seed: int, crows: float, ss: float, lms: float, ppl: float) -> dict:
+        scores = {
+            "crows_pairs/overall/pct_stereotype": 60.0,
+            "crows_pairs/gender/pct_stereotype": crows,
+            "crows_pairs/gender/pct_stereotype_normalized": crows - 1,
+            "stereoset/gender/ss": ss,
+            "stereoset/gender/lms": lms,
+            "stereoset/gender/icat": lms * min(ss, 100 - ss) / 50,
+            "perplexity": ppl,
+        }
+        return {
+            "dataset": "corpus",
+            "method": method,
+            "params": {},
+            "seed": seed,
+            "wall_time_s": 1.0,
+            **scores,
+        }
+
+    rows = [
+        row("pretrained", 0, 58.0, 60.0, 80.0, 50.0),
+        row("cda", 0, 53.0, 57.0, 79.0, 51.0),
+        row("cda", 1, 55.0, 55.0, 79.5, 53.0),
+        row("over", 0, 44.0, 61.0, 81.0, 40.0),
+    ]
+    results = tmp_path / "lm.jsonl"
+    results.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    published = tmp_path / "published.json"
+    ref = {"name": "paper base", "crows_pairs/gender/pct_stereotype": 59.0, "stereoset/gender/ss": 60.0}
+    cda = {"name": "paper cda", "crows_pairs/gender/pct_stereotype": 58.0, "stereoset/gender/ss": 59.5}
+    published.write_text(
+        json.dumps({"corpus": [{**ref, "stereoset/gender/lms": 90}, {**cda, "stereoset/gender/lms": 89}]})
+    )
+    out = tmp_path / "out"
+    report.main(["--results", str(results), "--out", str(out), "--reference", str(published)])
+    lines = (out / "summary.md").read_text().splitlines()
+    cells = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in lines if line.startswith("| ")}
+    # cda: CrowS mean 54 (4 closer to 50 than 58), SS mean 56 (4 closer than 60), LMS -0.75, ppl +4%.
+    assert cells["cda"][2] == "54.00 ± 1.41" and cells["cda"][8:12] == ["+4.00", "+4.00", "-0.75", "+4.0%"]
+    # over: CrowS 44 is 6 from 50, pretrained was 8 away: +2; SS 61 is one point further: -1; ppl -20%.
+    assert cells["over"][8:12] == ["+2.00", "-1.00", "+1.00", "-20.0%"]
+    assert cells["pretrained"][8] == "–" and lines.index(next(x for x in lines if "| pretrained" in x)) == 4
+    assert cells["paper cda"][8:11] == ["+1.00", "+0.50", "-1.00"]
+    assert (out / "lm_corpus.png").read_bytes()[:4] == b"\x89PNG"
