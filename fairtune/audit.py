@@ -9,8 +9,6 @@ that ``fairtune.plots.plot_audit`` draws; this module itself only counts.
 
 from __future__ import annotations
 
-import json
-import os
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -343,11 +341,7 @@ def write_audit(audit: dict[str, Any], output_dir: str) -> list[str]:
     """Write ``data_audit.json``, ``data_audit.md`` and one PNG per grouping (drawn by
     ``fairtune.plots.plot_audit``); returns the paths."""
     from fairtune.plots import plot_audit  # matplotlib only when files are written
+    from fairtune.report import write_json_and_markdown
 
-    os.makedirs(output_dir, exist_ok=True)
-    paths = [os.path.join(output_dir, AUDIT_JSON), os.path.join(output_dir, AUDIT_MD)]
-    with open(paths[0], "w") as f:
-        json.dump(audit, f, indent=2, allow_nan=True)
-    with open(paths[1], "w") as f:
-        f.write(render_audit_markdown(audit))
+    paths = write_json_and_markdown(output_dir, AUDIT_JSON, audit, AUDIT_MD, render_audit_markdown(audit))
     return paths + plot_audit(audit, output_dir)

@@ -1272,15 +1272,11 @@ def render_markdown(result: ExplanationResult) -> str:
 def write_explanation(result: ExplanationResult, output_dir: str, overwrite: bool = False) -> list[str]:
     """Write explanation.json, explanation.md and the PNGs to ``output_dir``; returns the paths written."""
     from fairtune import plots
+    from fairtune.report import write_json_and_markdown
 
     check_output_dir(output_dir, overwrite)
-    os.makedirs(output_dir, exist_ok=True)
-    paths = [os.path.join(output_dir, EXPLANATION_JSON), os.path.join(output_dir, EXPLANATION_MD)]
-    with open(paths[0], "w") as f:
-        json.dump(result.to_dict(), f, indent=2, allow_nan=True)
-        f.write("\n")
-    with open(paths[1], "w") as f:
-        f.write(render_markdown(result))
+    markdown = render_markdown(result)
+    paths = write_json_and_markdown(output_dir, EXPLANATION_JSON, result.to_dict(), EXPLANATION_MD, markdown)
     unit = result.unit
     for grouping, g in result.groupings.items():
         tag = _tag(grouping)

@@ -29,6 +29,7 @@ from fairtune.groups import GroupVocabulary
 from fairtune.lm import HEADLINE_METRICS
 from fairtune.mitigation import Mitigations
 from fairtune.model_card import render_lm_model_card, write_model_card
+from fairtune.report import write_json_and_markdown
 from fairtune.trainer import FairTrainer, check_output_dir
 
 logger = logging.getLogger(__name__)
@@ -173,12 +174,9 @@ def train_and_report_lm(
             "validation": validation,
             "test": test,
         }
-        with open(os.path.join(args.output_dir, LM_REPORT_JSON), "w") as f:
-            json.dump(report, f, indent=2, allow_nan=True)
         pooled = not args.lm_report_bias_types  # with chosen bias types "overall" pools only those
         text = render_before_after(before.flat(), after.flat(), report["run"], pooled)
-        with open(os.path.join(args.output_dir, LM_REPORT_MD), "w") as f:
-            f.write(text)
+        write_json_and_markdown(args.output_dir, LM_REPORT_JSON, report, LM_REPORT_MD, text)
         table = before_after_table(before.flat(), after.flat(), pooled)
         card = render_lm_model_card(model_args.model_name_or_path, report["run"], table)
         write_model_card(args.output_dir, card)

@@ -127,9 +127,20 @@ def write_report(
             for split, groupings in splits.items()
         },
     }
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, REPORT_JSON), "w") as f:
-        json.dump(report, f, indent=2, allow_nan=True)
-    with open(os.path.join(output_dir, REPORT_MD), "w") as f:
-        f.write(render_markdown(splits, run))
+    write_json_and_markdown(output_dir, REPORT_JSON, report, REPORT_MD, render_markdown(splits, run))
     return report
+
+
+def write_json_and_markdown(
+    output_dir: str, json_name: str, payload: Any, markdown_name: str, markdown: str
+) -> list[str]:
+    """Write ``payload`` as JSON (NaN kept as NaN) and ``markdown`` beside it in ``output_dir`` (made when
+    missing); returns the two paths. The fairness, data-audit, explanation and LM reports share it."""
+    os.makedirs(output_dir, exist_ok=True)
+    paths = [os.path.join(output_dir, json_name), os.path.join(output_dir, markdown_name)]
+    with open(paths[0], "w") as f:
+        json.dump(payload, f, indent=2, allow_nan=True)
+        f.write("\n")
+    with open(paths[1], "w") as f:
+        f.write(markdown)
+    return paths

@@ -14,7 +14,6 @@ JSON layout::
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -208,13 +207,9 @@ def check_output_dir(output_dir: str, overwrite: bool) -> None:
 def write_report(report: LMBiasReport, output_dir: str, overwrite: bool = False) -> list[str]:
     """Write the JSON, the Markdown and the plots to ``output_dir``; returns the paths written."""
     from fairtune.lm.plots import plot_report
+    from fairtune.report import write_json_and_markdown
 
     check_output_dir(output_dir, overwrite)
-    os.makedirs(output_dir, exist_ok=True)
-    paths = [os.path.join(output_dir, REPORT_JSON), os.path.join(output_dir, REPORT_MD)]
-    with open(paths[0], "w") as f:
-        json.dump(report.to_dict(), f, indent=2, allow_nan=True)
-        f.write("\n")
-    with open(paths[1], "w") as f:
-        f.write(render_markdown(report))
+    markdown = render_markdown(report)
+    paths = write_json_and_markdown(output_dir, REPORT_JSON, report.to_dict(), REPORT_MD, markdown)
     return paths + plot_report(report, output_dir)
