@@ -114,7 +114,8 @@ def expand(suite: dict[str, Any]) -> list[dict[str, Any]]:
         if spec["kind"] in ("tabular", "text"):
             variants += [(peer, {}) for peer in suite.get("peers", [])]
         else:
-            # The untrained model, scored once: its scores do not depend on the training seed.
+            # The untrained model, scored once: nothing of it depends on the training seed (a seeded benchmark
+            # subset does, so an lm suite compares methods best with lm_report_max_examples unset).
             runs.append({"dataset": dataset, "method": PRETRAINED, "params": {}, "seed": suite["seeds"][0]})
         # Seed-major: a suite stopped part-way holds every method on its first seeds, a fair comparison.
         for seed, (name, params) in itertools.product(suite["seeds"], variants):
