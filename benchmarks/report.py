@@ -54,12 +54,47 @@ LM_SHORT = ("CrowS", "CrowS (normalised)", "SS", "LMS", "ICAT", "perplexity")
 PRETRAINED = "pretrained"
 
 
+ROW_KEYS = ("dataset", "method", "params", "seed", "wall_time_s")
+
+
 def load_rows(paths: list[str]) -> list[dict[str, Any]]:
+    """Every row of the results files; a missing or empty file, a line that is not a JSON object or a row
+    without the runner's keys stops the report with a message naming the file and line."""
     rows = []
     for path in paths:
+        if not os.path.isfile(path):
+            raise SystemExit(f"report.py: results file {path} does not exist; run benchmarks/run.py first.")
         with open(path) as f:
-            rows += [json.loads(line) for line in f if line.strip()]
+            found = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+        if not found:
+            raise SystemExit(f"report.py: results file {path} holds no rows.")
+        for n, line in found:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise SystemExit(f"report.py: {path} line {n} is not JSON ({err.msg}).") from None
+            missing = [k for k in ROW_KEYS if k not in row] if isinstance(row, dict) else list(ROW_KEYS)
+            if missing:
+                keys = ", ".join(missing)
+                raise SystemExit(f"report.py: {path} line {n} is not a run.py row (missing {keys}).")
+            rows.append(row)
     return rows
+
+
+def load_references(path: str | None) -> dict[str, Any]:
+    """Published rows by dataset (``--reference``); none when the path is empty."""
+    if not path:
+        return {}
+    if not os.path.isfile(path):
+        raise SystemExit(f"report.py: reference file {path} does not exist (--reference '' for none).")
+    with open(path) as f:
+        try:
+            references = json.load(f)
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"report.py: reference file {path} is not JSON ({err}).") from None
+    if not isinstance(references, dict):
+        raise SystemExit(f"report.py: reference file {path} must map dataset names to published rows.")
+    return references
 
 
 def label(row: dict[str, Any]) -> str:
@@ -73,7 +108,8 @@ def label(row: dict[str, Any]) -> str:
 
 
 def is_lm(configs: dict[str, dict[str, Any]]) -> bool:
-    return any("perplexity" in c for c in configs.values())
+    """Whether `summarise` found stereotype scores in this dataset's rows (it then names the bias type)."""
+    return any("bias_type" in c for c in configs.values())
 
 
 def bias_type(rows: list[dict[str, Any]]) -> str:
@@ -136,23 +172,24 @@ def markdown(dataset: str, configs: dict[str, dict[str, Any]], reference: dict[s
     return "\n".join(lines)
 
 
-def lm_changes(entry: dict[str, Any], base: dict[str, Any]) -> dict[str, float]:
-    """Seed-mean changes against the untrained row: how many points CrowS-Pairs and SS moved toward 50
-    (positive = less stereotyped), LMS in points, perplexity in percent."""
-    b = entry["bias_type"]
+def lm_changes(scores: dict[str, Any], base: dict[str, Any], bias: str) -> list[str]:
+    """Table cells of the change of ``scores`` against ``base`` (flat metric -> value): points CrowS-Pairs
+    and SS moved toward 50 (positive = less stereotyped), LMS in points, perplexity in percent; "–" where
+    either lacks the score."""
 
-    def mean(e: dict[str, Any], key: str) -> float:
-        return e[key.format(b=b)][0]
+    def get(values: dict[str, Any], key: str) -> float:
+        return float(values.get(key.format(b=bias), math.nan))
 
     def toward_50(key: str) -> float:
-        return abs(mean(base, key) - 50) - abs(mean(entry, key) - 50)
+        return abs(get(base, key) - 50) - abs(get(scores, key) - 50)
 
-    return {
-        "crows_toward_50": toward_50("crows_pairs/{b}/pct_stereotype"),
-        "ss_toward_50": toward_50("stereoset/{b}/ss"),
-        "lms_change": mean(entry, "stereoset/{b}/lms") - mean(base, "stereoset/{b}/lms"),
-        "perplexity_change_pct": 100 * (mean(entry, "perplexity") / mean(base, "perplexity") - 1),
-    }
+    changes = (
+        (toward_50("crows_pairs/{b}/pct_stereotype"), "{:+.2f}"),
+        (toward_50("stereoset/{b}/ss"), "{:+.2f}"),
+        (get(scores, "stereoset/{b}/lms") - get(base, "stereoset/{b}/lms"), "{:+.2f}"),
+        (100 * (get(scores, "perplexity") / get(base, "perplexity") - 1), "{:+.1f}%"),
+    )
+    return ["–" if math.isnan(value) else form.format(value) for value, form in changes]
 
 
 def lm_markdown(dataset: str, configs: dict[str, dict[str, Any]], references: list[dict[str, Any]]) -> str:
@@ -163,35 +200,18 @@ def lm_markdown(dataset: str, configs: dict[str, dict[str, Any]], references: li
     changes = ("CrowS → 50", "SS → 50", "Δ LMS", "Δ perplexity")
     head = f"| configuration ({bias}) | seeds | " + " | ".join((*LM_SHORT, *changes)) + " | wall time |"
     lines = [f"### {dataset}", "", head, "|" + "---|" * (len(metrics) + len(changes) + 3)]
-    base = configs.get(PRETRAINED)
+    means = {name: {m: c[m][0] for m in metrics} for name, c in configs.items()}
+    base = means.get(PRETRAINED)
     order = sorted(configs, key=lambda n: (n != PRETRAINED, configs[n]["method"] != "none", n))
     for name in order:
         c = configs[name]
         cells = [f"{c[m][0]:.2f} ± {c[m][1]:.2f}" if c["seeds"] > 1 else f"{c[m][0]:.2f}" for m in metrics]
-        if base is None or name == PRETRAINED:
-            cells += ["–"] * len(changes)
-        else:
-            d = lm_changes(c, base)
-            cells += [
-                f"{d['crows_toward_50']:+.2f}",
-                f"{d['ss_toward_50']:+.2f}",
-                f"{d['lms_change']:+.2f}",
-                f"{d['perplexity_change_pct']:+.1f}%",
-            ]
+        unchanged = base is None or name == PRETRAINED
+        cells += ["–"] * len(changes) if unchanged else lm_changes(means[name], base, bias)
         lines.append(f"| {name} | {c['seeds']} | " + " | ".join(cells) + f" | {c['wall_time_s']:.0f} s |")
-    first = references[0] if references else None
-    for ref in references:
+    for i, ref in enumerate(references):
         cells = [f"{ref[m]:.2f}" if m in ref else "–" for m in metrics]
-        if ref is first:
-            cells += ["–"] * len(changes)
-        else:
-            crows, ss, lms = (m for m in metrics if m.endswith(("/pct_stereotype", "/ss", "/lms")))
-            cells += [
-                f"{abs(first[crows] - 50) - abs(ref[crows] - 50):+.2f}",
-                f"{abs(first[ss] - 50) - abs(ref[ss] - 50):+.2f}",
-                f"{ref[lms] - first[lms]:+.2f}",
-                "–",
-            ]
+        cells += lm_changes(ref, references[0], bias) if i else ["–"] * len(changes)
         lines.append(f"| {ref['name']} | – | " + " | ".join(cells) + " | – |")
     return "\n".join(lines)
 
@@ -265,26 +285,23 @@ def plot(dataset: str, configs: dict[str, dict[str, Any]], gap: str, path: str) 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     parser.add_argument("--results", nargs="+", default=None, help="default: benchmarks/results/*.jsonl")
     parser.add_argument("--out", default=None, help="default: the folder of the first results file")
     parser.add_argument(
         "--reference",
         default=str(REPO / "benchmarks" / "published.json"),
-        help="published rows to show beside ours (JSON: dataset -> {name, metric: value})",
+        help="published rows to show beside ours (JSON: dataset -> {name, metric: value}); '' for none",
     )
     opts = parser.parse_args(argv)
     paths = opts.results or sorted(str(p) for p in (REPO / "benchmarks" / "results").glob("*.jsonl"))
     if not paths:
         raise SystemExit("no results files; run benchmarks/run.py first")
     out = opts.out or os.path.dirname(os.path.abspath(paths[0]))
+    references = load_references(opts.reference)
+    summary = summarise(load_rows(paths))  # both checked before anything is written
     os.makedirs(out, exist_ok=True)
-    references = {}
-    if opts.reference and os.path.isfile(opts.reference):
-        with open(opts.reference) as f:
-            references = json.load(f)
-    summary = summarise(load_rows(paths))
     sections = []
     for dataset, configs in summary.items():
         if is_lm(configs):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -197,7 +198,15 @@ def test_lm_report_table_changes_and_plot(tmp_path):
     ref = {"name": "paper base", "crows_pairs/gender/pct_stereotype": 59.0, "stereoset/gender/ss": 60.0}
     cda = {"name": "paper cda", "crows_pairs/gender/pct_stereotype": 58.0, "stereoset/gender/ss": 59.5}
     published.write_text(
-        json.dumps({"corpus": [{**ref, "stereoset/gender/lms": 90}, {**cda, "stereoset/gender/lms": 89}]})
+        json.dumps(
+            {
+                "corpus": [
+                    {**ref, "stereoset/gender/lms": 90},
+                    {**cda, "stereoset/gender/lms": 89},
+                    cda | {"name": "x"},
+                ]
+            }
+        )
     )
     out = tmp_path / "out"
     report.main(["--results", str(results), "--out", str(out), "--reference", str(published)])
@@ -208,5 +217,38 @@ def test_lm_report_table_changes_and_plot(tmp_path):
     # over: CrowS 44 is 6 from 50, pretrained was 8 away: +2; SS 61 is one point further: -1; ppl -20%.
     assert cells["over"][8:12] == ["+2.00", "-1.00", "+1.00", "-20.0%"]
     assert cells["pretrained"][8] == "–" and lines.index(next(x for x in lines if "| pretrained" in x)) == 4
-    assert cells["paper cda"][8:11] == ["+1.00", "+0.50", "-1.00"]
+    assert cells["paper cda"][8:12] == ["+1.00", "+0.50", "-1.00", "–"]
+    assert cells["x"][8:12] == ["+1.00", "+0.50", "–", "–"]  # a published row without LMS: no change shown
     assert (out / "lm_corpus.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_refuses_bad_results_and_references_before_writing(tmp_path):
+    report = _load("report")
+    out = tmp_path / "out"
+    row = {"dataset": "d", "method": "erm", "params": {}, "seed": 0, "wall_time_s": 1.0, "accuracy": 0.9}
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(row) + "\n")
+    empty, broken, foreign, bad_ref = (tmp_path / n for n in ("e.jsonl", "b.jsonl", "f.jsonl", "r.json"))
+    empty.write_text("\n")
+    broken.write_text(json.dumps(row) + "\n{oops\n")
+    foreign.write_text(json.dumps({"dataset": "d", "accuracy": 0.9}) + "\n")
+    bad_ref.write_text("[1, 2]")
+    cases = [
+        (["--results", str(tmp_path / "none.jsonl")], "does not exist; run benchmarks/run.py first"),
+        (["--results", str(empty)], "holds no rows"),
+        (["--results", str(broken)], "b.jsonl line 2 is not JSON"),
+        (
+            ["--results", str(foreign)],
+            "line 1 is not a run.py row (missing method, params, seed, wall_time_s)",
+        ),
+        (["--results", str(good), "--reference", str(bad_ref)], "must map dataset names to published rows"),
+        (["--results", str(good), "--reference", str(tmp_path / "no.json")], "reference file"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            report.main([*argv, "--out", str(out)])
+        assert not out.exists()
+    with pytest.raises(SystemExit):  # flags are spelled out: no prefix matching
+        report.main(["--result", str(good), "--out", str(out)])
+    report.main(["--results", str(good), "--out", str(out), "--reference", ""])
+    assert "| erm | 1 |" in (out / "summary.md").read_text()
