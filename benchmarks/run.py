@@ -50,6 +50,14 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 HEADLINE = ("accuracy", "demographic_parity_difference", "equalized_odds_difference", "worst_group_accuracy")
 PEERS = ("expgrad_dp", "expgrad_eo", "threshold_optimizer_dp", "threshold_optimizer_eo")
 ERR_SUITE_KEY = "Suite {path}: missing key {key!r}."
+ERR_SUITE_MISSING = "Suite file {path} does not exist."
+ERR_SUITE_YAML = "Suite {path} is not valid YAML: {error}"
+ERR_SUITE_SHAPE = "Suite {path}: {key!r} must be {shape}."
+SHAPES = {
+    "seeds": "a non-empty list of integers",
+    "datasets": "a mapping of dataset keys to their settings",
+    "methods": "a list of mappings, each with a 'name'",
+}
 ERR_SUITE_EMPTY = (
     "Suite {path}: the file is empty or not a YAML mapping (keys: name, results, seeds, datasets, methods)."
 )
@@ -82,13 +90,31 @@ def machine() -> dict[str, Any]:
 
 
 def load_suite(path: str) -> dict[str, Any]:
+    """The suite file, checked: every mistake is a ``ValueError`` naming the file and the key."""
+    if not os.path.isfile(path):
+        raise ValueError(ERR_SUITE_MISSING.format(path=path))
     with open(path) as f:
-        suite = yaml.safe_load(f)
+        try:
+            suite = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ValueError(ERR_SUITE_YAML.format(path=path, error=err)) from None
     if not isinstance(suite, dict):
         raise ValueError(ERR_SUITE_EMPTY.format(path=path))
     for key in ("name", "results", "seeds", "datasets", "methods"):
         if key not in suite:
             raise ValueError(ERR_SUITE_KEY.format(path=path, key=key))
+    shapes = {
+        "seeds": isinstance(suite["seeds"], list)
+        and bool(suite["seeds"])
+        and all(type(x) is int for x in suite["seeds"]),
+        "datasets": isinstance(suite["datasets"], dict)
+        and all(isinstance(v, dict) for v in suite["datasets"].values()),
+        "methods": isinstance(suite["methods"], list)
+        and all(isinstance(m, dict) and isinstance(m.get("name"), str) for m in suite["methods"]),
+    }
+    for key, ok in shapes.items():
+        if not ok:
+            raise ValueError(ERR_SUITE_SHAPE.format(path=path, key=key, shape=SHAPES[key]))
     for key, spec in suite["datasets"].items():
         if spec.get("kind") not in KINDS:
             raise ValueError(ERR_DATASET_KIND.format(key=key, kind=spec.get("kind")))
@@ -444,7 +470,7 @@ def _score_column(x: Any, y: Any) -> Any:
 # ----- the suite --------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     parser.add_argument("--suite", required=True)
     parser.add_argument("--limit", type=int, default=None, help="run at most this many pending runs")
@@ -467,7 +493,10 @@ def main(argv: list[str] | None = None) -> None:
 def run_suite(opts: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
-    suite = load_suite(opts.suite)
+    try:
+        suite = load_suite(opts.suite)
+    except ValueError as err:
+        raise SystemExit(f"run.py: {err}") from None
     results = opts.results or suite["results"]
     results = results if os.path.isabs(results) else str(REPO / results)
     os.makedirs(os.path.dirname(results), exist_ok=True)

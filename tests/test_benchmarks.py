@@ -54,6 +54,29 @@ def test_pareto_front_and_suite_errors(tmp_path):
     bad.write_text("")
     with pytest.raises(ValueError, match="the file is empty or not a YAML mapping"):
         run.load_suite(str(bad))
+    with pytest.raises(ValueError, match="does not exist"):
+        run.load_suite(str(tmp_path / "none.yaml"))
+    bad.write_text("name: [\n")
+    with pytest.raises(ValueError, match=r"(?s)bad.yaml is not valid YAML: .*line 2"):
+        run.load_suite(str(bad))
+    head = "name: x\nresults: r.jsonl\n"
+    for body, key in [
+        ("seeds: 0\ndatasets: {}\nmethods: []\n", "'seeds' must be a non-empty list of integers"),
+        ("seeds: [0]\ndatasets: [a]\nmethods: []\n", "'datasets' must be a mapping"),
+        (
+            "seeds: [0]\ndatasets: {}\nmethods: [{args: {}}]\n",
+            "'methods' must be a list of mappings, each with",
+        ),
+    ]:
+        bad.write_text(head + body)
+        with pytest.raises(ValueError, match=key):
+            run.load_suite(str(bad))
+    with pytest.raises(
+        SystemExit, match="run.py: Suite .* must be"
+    ):  # the command line: one line, no traceback
+        run.main(["--suite", str(bad)])
+    with pytest.raises(SystemExit):  # flags are spelled out: no prefix matching
+        run.main(["--sui", str(bad)])
     runs = run.expand(run.load_suite(str(ROOT / "benchmarks" / "suites" / "cpu_tabular.yaml")))
     assert len({run.run_key(r) for r in runs}) == len(runs) >= 90
     # Seed-major within a dataset: every method of the first seed before any run of the second.
