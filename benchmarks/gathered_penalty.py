@@ -35,7 +35,7 @@ PENALTIES = ("demographic_parity", "equalized_odds", "loss_parity", "mindiff")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=32, help="global batch (even: halved on 2 processes)")
     parser.add_argument("--weight", type=float, default=1.0)

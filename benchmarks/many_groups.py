@@ -43,7 +43,7 @@ SETTINGS = {  # name -> (penalty on, running statistics, batch sampling)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--groups", type=int, default=16)
     parser.add_argument("--batch", type=int, default=8, help="per-device train batch")

@@ -139,7 +139,7 @@ def time_method(fields: dict[str, Any] | None, model: torch.nn.Module, tokenizer
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     parser.add_argument("--model", choices=["minilm", "tiny"], default="minilm")
     parser.add_argument("--steps", type=int, default=20)

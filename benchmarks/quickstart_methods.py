@@ -139,7 +139,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     parser.add_argument("--methods", nargs="*", default=None, help="default: every configs/methods/*.yaml")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))

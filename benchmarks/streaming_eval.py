@@ -329,7 +329,7 @@ def table(rows: list[dict[str, object]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--groupstats", type=int, nargs="*", default=[100_000, 1_000_000, 10_000_000])
     parser.add_argument("--trainer", type=int, nargs="*", default=[100_000, 1_000_000])
     parser.add_argument("--trainer-in-memory", type=int, nargs="*", default=None, help="default: --trainer")

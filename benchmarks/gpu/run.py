@@ -362,7 +362,7 @@ def scaling_table(
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     parser.add_argument("--models", nargs="+", default=["minilm", "smollm2"],
                         help=f"aliases ({', '.join(MODELS)}), Hub names or local folders")  # fmt: skip
